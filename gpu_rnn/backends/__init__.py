@@ -1,0 +1,1 @@
+"""Backends: glue between the layers and the kernels of one target."""

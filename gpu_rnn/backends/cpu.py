@@ -1,0 +1,40 @@
+"""The CPU backend: numba.njit kernels (``gpu_rnn.kernels.cpu``)."""
+import numpy as np
+
+from ..dispatch import Plan
+from ..errors import DTypeError
+
+
+class CpuBackend:
+    name = "cpu"
+
+    def status(self):
+        return True, "", True
+
+    def plan(self, layer, call, variant):
+        if call.device:
+            raise DTypeError("backend 'cpu' needs host arrays (NumPy); x lives on a CUDA device. "
+                             "Use backend='cuda' or copy it to the host first")
+        if layer.dtype not in ("float32", "float64"):
+            raise DTypeError(f"backend 'cpu' computes in float32 or float64; dtype {layer.dtype!r} "
+                             "is a CUDA storage dtype")
+        return Plan("cpu", "", gemm="BLAS", dtype=layer.dtype,
+                    reasons=["numba.njit recurrence, input projection as one BLAS GEMM"])
+
+    def forward(self, layer, call, plan):
+        from ..kernels import cpu as kcpu
+        from ..kernels import cells
+        x = call.x
+        dt = x.dtype
+        LD, B = layer.num_layers * layer.num_directions, call.B
+        h0 = call.h0 if call.h0 is not None else np.zeros((LD, B, layer.output_size), dt)
+        c0 = call.c0 if call.c0 is not None else np.zeros((LD, B, layer.hidden_size), dt)
+        lengths = call.lengths if call.lengths is not None else np.full(B, call.T, np.int64)
+        params = layer.params()
+        if params[0][0].dtype != dt:
+            params = [tuple(None if a is None else a.astype(dt) for a in p) for p in params]
+        out, h_n, c_n = kcpu.forward(cells.MODES[layer.mode], x, params, h0, c0, lengths,
+                                     layer.num_directions)
+        if call.batch_first:
+            out = np.ascontiguousarray(np.swapaxes(out, 0, 1))
+        return out, h_n, (c_n if layer.mode == "LSTM" else None)
