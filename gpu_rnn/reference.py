@@ -13,13 +13,16 @@ MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
 
 
 def sigmoid(x):
-    """Overflow-free logistic function."""
-    x = np.asarray(x, dtype=np.float64)
+    """Overflow-free logistic function, in x's dtype (float64 for anything not floating)."""
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        x = x.astype(np.float64)
     out = np.empty_like(x)
     pos = x >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
-    e = np.exp(x[~pos])
-    out[~pos] = e / (1.0 + e)
+    out[pos] = 1 / (1 + np.exp(-x[pos]))
+    rest = ~pos  # negatives and NaN: exp(NaN) keeps NaN
+    e = np.exp(x[rest])
+    out[rest] = e / (1 + e)
     return out
 
 
@@ -45,11 +48,11 @@ def cell(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, w_hr=None):
         return np.tanh(gi + gh), c
     if mode == "RNN_RELU":
         a = gi + gh
-        return np.where(a > 0, a, np.where(np.isnan(a), a, 0.0)), c
+        return np.where(a > 0, a, np.where(np.isnan(a), a, a.dtype.type(0))), c
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
-def forward(mode, x, params, h0, c0, lengths, num_directions):
+def forward(mode, x, params, h0, c0, lengths, num_directions, *, dtype=np.float64):
     """Whole stack, time-major.
 
     mode    "RNN_TANH", "RNN_RELU", "LSTM" or "GRU"
@@ -61,26 +64,31 @@ def forward(mode, x, params, h0, c0, lengths, num_directions):
     lengths (B,) ints with 1 <= lengths[b] <= T, or None for all T. Steps at or past a
             sequence's length output zeros and leave its state alone; the reverse direction
             starts at ``lengths[b] - 1``.
-    Returns ``out (T, B, D*P), h_n (L*D, B, P), c_n (L*D, B, H) or None``; all float64.
+    dtype   the precision of every operation: float64 (the oracle) or float32, which runs the
+            same NumPy loop in float32 to measure what float32 arithmetic itself costs
+    Returns ``out (T, B, D*P), h_n (L*D, B, P), c_n (L*D, B, H) or None``, all in ``dtype``.
     """
-    x = np.asarray(x, dtype=np.float64)
+    dtype = np.dtype(dtype)
+    x = np.asarray(x, dtype=dtype)
     T, B, _ = x.shape
     D = num_directions
     L = len(params) // D
     lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
-    h0 = np.asarray(h0, dtype=np.float64)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    h0 = np.asarray(h0, dtype=dtype)
     lstm = mode == "LSTM"
     if lstm:
-        c0 = np.asarray(c0, dtype=np.float64)
+        c0 = np.asarray(c0, dtype=dtype)
     P = h0.shape[2]
     h_n = np.zeros_like(h0)
     c_n = np.zeros_like(c0) if lstm else None
     inp = x
     for layer in range(L):
-        out = np.zeros((T, B, D * P))
+        out = np.zeros((T, B, D * P), dtype=dtype)
         for d in range(D):
             k = layer * D + d
-            w = [None if a is None else np.asarray(a, dtype=np.float64) for a in params[k]]
+            w = [None if a is None else np.asarray(a, dtype=dtype) for a in params[k]]
             h = h0[k].copy()
             c = c0[k].copy() if lstm else None
             steps = range(T - 1, -1, -1) if d == 1 else range(T)
@@ -90,9 +98,41 @@ def forward(mode, x, params, h0, c0, lengths, num_directions):
                 h = np.where(live[:, None], h2, h)
                 if lstm:
                     c = np.where(live[:, None], c2, c)
-                out[t, :, d * P:(d + 1) * P] = np.where(live[:, None], h2, 0.0)
+                out[t, :, d * P:(d + 1) * P] = np.where(live[:, None], h2, dtype.type(0))
             h_n[k] = h
             if lstm:
                 c_n[k] = c
         inp = out
     return inp, h_n, c_n
+
+
+def call(layer, x, hx=None, lengths=None, *, dtype=np.float64):
+    """``layer(x, hx, lengths)`` computed by the reference: the public API's shapes (batch-first,
+    unbatched, ``hx`` omitted) and return structure (``out, (h_n, c_n)`` for LSTM, else
+    ``out, h_n``), with ``layer``'s weights (``layer.params()``) and options, in ``dtype``."""
+    dtype = np.dtype(dtype)
+    x = np.asarray(x, dtype=dtype)
+    batched = x.ndim == 3
+    if not batched:
+        x = x[:, None, :]
+    elif layer.batch_first:
+        x = np.swapaxes(x, 0, 1)
+    T, B, _ = x.shape
+    LD = layer.num_layers * (2 if layer.bidirectional else 1)
+    P = layer.proj_size or layer.hidden_size
+    lstm = layer.mode == "LSTM"
+    h0 = c0 = None
+    if hx is not None:
+        h0, c0 = hx if lstm else (hx, None)
+    h0 = np.zeros((LD, B, P), dtype) if h0 is None else np.asarray(h0, dtype=dtype)
+    c0 = np.zeros((LD, B, layer.hidden_size), dtype) if c0 is None else np.asarray(c0, dtype=dtype)
+    if not batched:
+        h0, c0 = h0[:, None, :], c0[:, None, :]
+    out, h_n, c_n = forward(layer.mode, x, layer.params(), h0, c0 if lstm else None, lengths,
+                            2 if layer.bidirectional else 1, dtype=dtype)
+    if not batched:
+        out, h_n = out[:, 0], h_n[:, 0]
+        c_n = c_n[:, 0] if lstm else None
+    elif layer.batch_first:
+        out = np.swapaxes(out, 0, 1)
+    return (out, (h_n, c_n)) if lstm else (out, h_n)
