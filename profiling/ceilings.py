@@ -1,0 +1,167 @@
+"""Roofline ceilings measured on this machine, not taken from a datasheet.
+
+- CPU: BLAS GEMM throughput (``np.dot`` of two square matrices, float32 and float64) and memory
+  bandwidth (``np.copyto`` of an array far larger than the caches, read + write counted).
+- CUDA: device-to-device copy bandwidth (``copy_to_device`` between device arrays, read + write
+  counted), an FMA-bound kernel (8 independent FMA chains per thread, float32 and float64) and
+  the shared-memory read bandwidth (the persistent kernel keeps W_hh there).
+
+Each ceiling is the best of a few runs (a ceiling is what the machine can do, so the best run
+estimates it; medians are for the kernels under test). Results are cached per device for the
+life of the process. Under the CUDA simulator the numbers are measured on tiny launches and
+flagged ``simulated``: they only exercise the code path.
+"""
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+_CACHE = {}
+
+
+@dataclass
+class Ceilings:
+    """Peak FLOP/s per compute dtype and bandwidths in bytes/s of one device."""
+
+    device: str
+    peak_flops: dict
+    bandwidth: float
+    smem_bandwidth: float = float("nan")
+    simulated: bool = False
+    notes: dict = field(default_factory=dict)
+
+    def peak(self, dtype):
+        """Peak FLOP/s for a storage dtype (16-bit storage computes in float32)."""
+        key = "float64" if str(dtype) == "float64" else "float32"
+        return self.peak_flops[key]
+
+    def roof(self, intensity, dtype):
+        return min(self.peak(dtype), intensity * self.bandwidth)
+
+    def to_dict(self):
+        return {"device": self.device, "peak_flops": dict(self.peak_flops), "bandwidth": self.bandwidth,
+                "smem_bandwidth": self.smem_bandwidth, "simulated": self.simulated, "notes": dict(self.notes)}
+
+
+def _best(fn, repeats):
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def measure_cpu(quick=False):
+    """Measure the CPU ceilings (about 0.5 s; ``quick`` about 0.2 s)."""
+    n = 512 if quick else 1024
+    reps = 3 if quick else 5
+    rng = np.random.default_rng(0)
+    peak = {}
+    for dt in ("float32", "float64"):
+        a = rng.standard_normal((n, n)).astype(dt)
+        b = rng.standard_normal((n, n)).astype(dt)
+        c = np.empty((n, n), dt)
+        np.dot(a, b, out=c)  # thread pool start-up
+        t = _best(lambda: np.dot(a, b, out=c), reps)
+        peak[dt] = 2.0 * n ** 3 / t
+    m = (16 if quick else 32) << 20
+    src = np.ones(m // 8, np.float64)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    t = _best(lambda: np.copyto(dst, src), reps)
+    bw = 2.0 * src.nbytes / t
+    import os
+    return Ceilings(f"cpu: {_cpu_name()} ({os.cpu_count()} cores)", peak, bw, notes={
+        "peak_flops": f"np.dot {n}x{n}x{n}, best of {reps}",
+        "bandwidth": f"np.copyto of {m >> 20} MiB, read+write, best of {reps}"})
+
+
+# -- CUDA -----------------------------------------------------------------------------------------
+def _time_cuda(fn, reps, simulated):
+    from numba import cuda
+    fn()
+    cuda.synchronize()
+    best = float("inf")
+    for _ in range(reps):
+        if simulated:
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+        else:
+            a = cuda.event(timing=True)
+            b = cuda.event(timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            best = min(best, a.elapsed_time(b) / 1e3)
+    return best
+
+
+def measure_cuda(quick=False):
+    """Measure the CUDA ceilings of the current device (a second or two on a real GPU)."""
+    from numba import cuda
+    from .timing import cuda_simulated
+    sim = cuda_simulated()
+    dev = cuda.get_current_device()
+    name = getattr(dev, "name", "simulator")
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    if sim:
+        sms, threads, blocks_per_sm, n_iter, nbytes, reps = 1, 4, 1, 4, 4096, 1
+    else:
+        sms = dev.MULTIPROCESSOR_COUNT
+        threads, blocks_per_sm = 256, 8
+        n_iter = 1024 if quick else 4096
+        nbytes = (64 if quick else 256) << 20
+        reps = 3 if quick else 5
+    blocks = sms * blocks_per_sm
+    n = blocks * threads
+    from ._cuda_kernels import FMA_CHAINS, fma_kernel, smem_kernel
+    peak = {}
+    fma = fma_kernel
+    for dt in ("float32", "float64"):
+        d_out = cuda.to_device(np.linspace(0.1, 0.2, n).astype(dt))
+        t = _time_cuda(lambda: fma[blocks, threads](d_out, n_iter), reps, sim)
+        peak[dt] = 2.0 * FMA_CHAINS * n * n_iter / t
+    src = cuda.to_device(np.ones(nbytes // 4, np.float32))
+    dst = cuda.device_array_like(src)
+    t = _time_cuda(lambda: dst.copy_to_device(src), reps, sim)
+    bw = 2.0 * nbytes / t
+    smem = smem_kernel
+    d_out = cuda.device_array(n, np.float32)
+    t = _time_cuda(lambda: smem[blocks, threads](d_out, n_iter), reps, sim)
+    smem_bw = 2.0 * 4.0 * n * n_iter / t
+    label = "cuda simulator" if sim else f"cuda: {name} ({sms} SMs)"
+    return Ceilings(label, peak, bw, smem_bw, simulated=sim, notes={
+        "peak_flops": f"{FMA_CHAINS} FMA chains x {n_iter} per thread, {blocks}x{threads} threads, best of {reps}",
+        "bandwidth": f"device-to-device copy of {nbytes / 2**20:g} MiB, read+write, best of {reps}",
+        "smem_bandwidth": f"float32 shared-memory reads, {blocks}x{threads} threads, best of {reps}"})
+
+
+def get(backend="cpu", quick=False):
+    """The ceilings of the device a backend runs on, measured once per process and device."""
+    base = str(backend).split(":")[0]
+    if base == "cuda":
+        from numba import cuda
+        from .timing import cuda_simulated
+        key = ("cuda", "sim") if cuda_simulated() else ("cuda", cuda.get_current_device().id)
+        fn = measure_cuda
+    else:
+        key = ("cpu",)
+        fn = measure_cpu
+    if key not in _CACHE:
+        _CACHE[key] = fn(quick)
+    return _CACHE[key]
