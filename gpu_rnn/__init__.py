@@ -5,6 +5,7 @@ Importing this package compiles nothing and imports neither numba.cuda nor torch
 """
 from . import reference
 from .dispatch import Plan, available_backends, backend_status, default_backend
+from .generation import generate, many_to_one
 from .errors import (BackendUnavailableError, ConfigError, DeviceError, DTypeError, GpuRnnError,
                      ShapeError)
 from .heads import Embedding, Linear
@@ -13,7 +14,7 @@ from .layers import GRU, LSTM, RNN
 __version__ = "0.1.0"
 
 __all__ = [
-    "RNN", "LSTM", "GRU", "Linear", "Embedding", "reference", "Plan",
+    "RNN", "LSTM", "GRU", "Linear", "Embedding", "reference", "Plan", "generate", "many_to_one",
     "available_backends", "default_backend", "backend_status",
     "GpuRnnError", "ShapeError", "DTypeError", "ConfigError", "BackendUnavailableError", "DeviceError",
 ]

@@ -1,0 +1,347 @@
+"""many_to_one, generate (one-to-many), streaming step() and encoder-decoder on the CPU backend,
+checked against the float64 NumPy reference and against torch CPU loops."""
+import numpy as np
+import pytest
+
+import gpu_rnn
+from gpu_rnn import reference
+
+MODES = ["RNN_TANH", "RNN_RELU", "LSTM", "GRU"]
+
+
+def make(mode, I, H, L=1, bidirectional=False, proj=0, dtype="float64", seed=0, batch_first=False):
+    kw = dict(num_layers=L, bidirectional=bidirectional, dtype=dtype, backend="cpu", seed=seed,
+              batch_first=batch_first)
+    if mode == "LSTM":
+        return gpu_rnn.LSTM(I, H, proj_size=proj, **kw)
+    if mode == "GRU":
+        return gpu_rnn.GRU(I, H, **kw)
+    return gpu_rnn.RNN(I, H, nonlinearity="relu" if mode == "RNN_RELU" else "tanh", **kw)
+
+
+def rand_state(layer, B, rng):
+    LD = layer.num_layers * layer.num_directions
+    h = rng.standard_normal((LD, B, layer.output_size)) * 0.5
+    if layer.mode == "LSTM":
+        return h, rng.standard_normal((LD, B, layer.hidden_size)) * 0.5
+    return h
+
+
+def split_state(layer, hx):
+    if hx is None:
+        return None, None
+    return hx if layer.mode == "LSTM" else (hx, None)
+
+
+def assert_close64(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def assert_close32(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape
+    scale = max(1.0, float(np.max(np.abs(want))))
+    assert float(np.max(np.abs(got - want))) <= 1e-5 * scale
+
+
+# -- many-to-one ------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("L", [1, 2])
+def test_many_to_one_matches_reference(mode, bidirectional, L, rng):
+    T, B, I, H = 9, 5, 3, 7
+    layer = make(mode, I, H, L=L, bidirectional=bidirectional, seed=L)
+    x = rng.standard_normal((T, B, I))
+    lengths = np.array([9, 1, 4, 7, 2])
+    hx = rand_state(layer, B, rng)
+    h0, c0 = split_state(layer, hx)
+    y = gpu_rnn.many_to_one(layer, x, hx, lengths=lengths)
+    out, _, _ = reference.forward(mode, x, layer.params(), h0, c0, lengths, layer.num_directions)
+    P = layer.output_size
+    want = np.empty((B, layer.num_directions * P))
+    for b in range(B):
+        want[b, :P] = out[lengths[b] - 1, b, :P]
+        if bidirectional:
+            want[b, P:] = out[0, b, P:]
+    assert_close64(y, want)
+
+
+def test_many_to_one_head_batch_first_and_projection(rng):
+    T, B, I, H, P, V = 6, 3, 4, 9, 5, 2
+    layer = make("LSTM", I, H, proj=P, bidirectional=True, batch_first=True, seed=3)
+    head = gpu_rnn.Linear(2 * P, V, dtype="float64", seed=4)
+    x = rng.standard_normal((B, T, I))
+    lengths = np.array([2, 6, 5])
+    y = gpu_rnn.many_to_one(layer, x, lengths=lengths, head=head)
+    xt = np.swapaxes(x, 0, 1)
+    zeros_h, zeros_c = np.zeros((2, B, P)), np.zeros((2, B, H))
+    out, _, _ = reference.forward("LSTM", xt, layer.params(), zeros_h, zeros_c, lengths, 2)
+    last = np.stack([np.concatenate([out[lengths[b] - 1, b, :P], out[0, b, P:]]) for b in range(B)])
+    assert_close64(y, last @ head.weight.T + head.bias)
+    assert y.shape == (B, V)
+
+
+def test_many_to_one_unbatched(rng):
+    layer = make("GRU", 4, 5)
+    x = rng.standard_normal((7, 4))
+    y = gpu_rnn.many_to_one(layer, x)
+    out, _ = layer(x)
+    assert y.shape == (5,)
+    assert_close64(y, out[-1])
+
+
+def test_many_to_one_float32(rng):
+    layer = make("LSTM", 5, 17, L=2, dtype="float32", seed=1)
+    x = rng.standard_normal((33, 3, 5)).astype(np.float32)
+    lengths = np.array([33, 1, 17])
+    y = gpu_rnn.many_to_one(layer, x, lengths=lengths)
+    assert y.dtype == np.float32
+    zh, zc = np.zeros((2, 3, 17)), np.zeros((2, 3, 17))
+    out, _, _ = reference.forward("LSTM", x, layer.params(), zh, zc, lengths, 1)
+    assert_close32(y, out[lengths - 1, np.arange(3)])
+
+
+def test_many_to_one_rejects_bad_head():
+    layer = make("RNN_TANH", 3, 4, bidirectional=True)
+    with pytest.raises(gpu_rnn.ShapeError, match="in_features = 8"):
+        gpu_rnn.many_to_one(layer, np.ones((2, 1, 3)), head=gpu_rnn.Linear(4, 2))
+    with pytest.raises(TypeError, match="gpu_rnn.Linear"):
+        gpu_rnn.many_to_one(layer, np.ones((2, 1, 3)), head=np.ones((2, 8)))
+
+
+# -- one-to-many -------------------------------------------------------------------------------
+def ref_generate(layer, x0, steps, hx, head=None, embedding=None):
+    """float64 loop over reference.cell: the oracle of generate()."""
+    mode = layer.mode
+    params = layer.params()
+    L, B = layer.num_layers, x0.shape[0]
+    h0, c0 = split_state(layer, hx)
+    h = [np.zeros((B, layer.output_size)) if h0 is None else np.asarray(h0[l], np.float64) for l in range(L)]
+    c = [np.zeros((B, layer.hidden_size)) if c0 is None else np.asarray(c0[l], np.float64) for l in range(L)]
+    x = np.asarray(x0, np.float64)
+    outs, toks = [], []
+    for _ in range(steps):
+        inp = x
+        for l in range(L):
+            w = [None if a is None else np.asarray(a, np.float64) for a in params[l]]
+            h[l], c2 = reference.cell(mode, inp, h[l], c[l] if mode == "LSTM" else None, *w)
+            if mode == "LSTM":
+                c[l] = c2
+            inp = h[l]
+        y = inp if head is None else inp @ np.asarray(head.weight, np.float64).T + np.asarray(head.bias, np.float64)
+        outs.append(y)
+        if embedding is not None:
+            tok = np.argmax(y, axis=1)
+            toks.append(tok)
+            x = np.asarray(embedding.weight, np.float64)[tok]
+        else:
+            x = y
+    return np.stack(outs), np.stack(h), np.stack(c), (np.stack(toks) if toks else None)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("L", [1, 3])
+def test_generate_feedback_without_head(mode, L, rng):
+    I = H = 6
+    B, steps = 3, 13
+    layer = make(mode, I, H, L=L, seed=5)
+    x0 = rng.standard_normal((B, I))
+    hx = rand_state(layer, B, rng)
+    out, state = gpu_rnn.generate(layer, x0, steps, hx)
+    want, h, c, _ = ref_generate(layer, x0, steps, hx)
+    assert out.shape == (steps, B, H)
+    assert_close64(out, want)
+    if mode == "LSTM":
+        assert_close64(state[0], h)
+        assert_close64(state[1], c)
+    else:
+        assert_close64(state, h)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_generate_feedback_through_head(mode, rng):
+    I, H, B, steps = 5, 7, 2, 11
+    layer = make(mode, I, H, L=2, seed=6, proj=3 if mode == "LSTM" else 0)
+    head = gpu_rnn.Linear(layer.output_size, I, dtype="float64", seed=7)
+    x0 = rng.standard_normal((B, I))
+    out, _ = gpu_rnn.generate(layer, x0, steps, head=head)
+    want, _, _, _ = ref_generate(layer, x0, steps, None, head=head)
+    assert_close64(out, want)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_generate_tokens(mode, rng):
+    I, H, V, B, steps = 4, 9, 11, 3, 17
+    layer = make(mode, I, H, L=2, seed=8)
+    head = gpu_rnn.Linear(H, V, dtype="float64", seed=9)
+    head.weight *= 4  # confident logits: greedy paths differ between sequences
+    emb = gpu_rnn.Embedding(V, I, dtype="float64", seed=10)
+    x0 = rng.standard_normal((B, I))
+    hx = rand_state(layer, B, rng)
+    out, state, tokens = gpu_rnn.generate(layer, x0, steps, hx, head=head, embedding=emb)
+    want, h, _, wtok = ref_generate(layer, x0, steps, hx, head=head, embedding=emb)
+    assert tokens.dtype == np.int64 and tokens.shape == (steps, B)
+    np.testing.assert_array_equal(tokens, wtok)
+    assert len(np.unique(tokens)) > 1
+    assert_close64(out, want)
+    # integer start tokens are read through the embedding
+    out2, _, tok2 = gpu_rnn.generate(layer, np.array([1, 0, 10]), steps, hx, head=head, embedding=emb)
+    want2, _, _, wtok2 = ref_generate(layer, emb.weight[[1, 0, 10]], steps, hx, head=head, embedding=emb)
+    np.testing.assert_array_equal(tok2, wtok2)
+    assert_close64(out2, want2)
+
+
+def test_generate_float32_long(rng):
+    I = H = 16
+    layer = make("GRU", I, H, dtype="float32", seed=11)
+    x0 = rng.standard_normal((2, I)).astype(np.float32)
+    out, h = gpu_rnn.generate(layer, x0, 200)
+    assert out.dtype == np.float32 and h.dtype == np.float32
+    want, _, _, _ = ref_generate(layer, x0, 200, None)
+    assert_close32(out, want)
+
+
+def test_generate_unbatched(rng):
+    layer = make("LSTM", 3, 3, seed=12)
+    x0 = rng.standard_normal(3)
+    out, (h, c) = gpu_rnn.generate(layer, x0, 4)
+    assert out.shape == (4, 3) and h.shape == (1, 3) and c.shape == (1, 3)
+    want, _, _, _ = ref_generate(layer, x0[None], 4, None)
+    assert_close64(out, want[:, 0])
+
+
+def test_generate_errors():
+    lstm = make("LSTM", 4, 4)
+    with pytest.raises(gpu_rnn.ConfigError, match="unidirectional"):
+        gpu_rnn.generate(make("GRU", 4, 4, bidirectional=True), np.ones((1, 4)), 3)
+    with pytest.raises(gpu_rnn.ConfigError, match="steps"):
+        gpu_rnn.generate(lstm, np.ones((1, 4)), 0)
+    with pytest.raises(gpu_rnn.ShapeError, match=r"x0 must have shape \(B, I\).*got \(2, 5\)"):
+        gpu_rnn.generate(lstm, np.ones((2, 5)), 3)
+    with pytest.raises(gpu_rnn.DTypeError, match="x0"):
+        gpu_rnn.generate(lstm, np.ones((2, 4), dtype=np.int64), 3)
+    with pytest.raises(gpu_rnn.ShapeError, match="input_size = 4, got 6"):
+        gpu_rnn.generate(lstm, np.ones((1, 4)), 3, head=gpu_rnn.Linear(4, 6))
+    with pytest.raises(gpu_rnn.ShapeError, match="in_features = 4"):
+        gpu_rnn.generate(lstm, np.ones((1, 4)), 3, head=gpu_rnn.Linear(5, 4))
+    with pytest.raises(gpu_rnn.ShapeError, match="num_embeddings"):
+        gpu_rnn.generate(lstm, np.ones((1, 4)), 3, head=gpu_rnn.Linear(4, 7), embedding=gpu_rnn.Embedding(6, 4))
+    with pytest.raises(gpu_rnn.ShapeError, match="embedding_dim"):
+        gpu_rnn.generate(lstm, np.ones((1, 4)), 3, head=gpu_rnn.Linear(4, 7), embedding=gpu_rnn.Embedding(7, 3))
+    with pytest.raises(gpu_rnn.ShapeError, match="start tokens must lie in"):
+        gpu_rnn.generate(lstm, np.array([7]), 3, head=gpu_rnn.Linear(4, 7), embedding=gpu_rnn.Embedding(7, 4))
+    with pytest.raises(gpu_rnn.ShapeError, match="h0 must have shape"):
+        gpu_rnn.generate(lstm, np.ones((2, 4)), 3, (np.zeros((1, 3, 4)), np.zeros((1, 3, 4))))
+    with pytest.raises(gpu_rnn.ConfigError, match="backend"):
+        gpu_rnn.generate(lstm, np.ones((1, 4)), 3, backend="tpu")
+
+
+# -- streaming ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+def test_step_streaming_matches_full_call(mode, rng):
+    T, B, I, H = 7, 3, 5, 6
+    layer = make(mode, I, H, L=2, seed=13, proj=4 if mode == "LSTM" else 0)
+    x = rng.standard_normal((T, B, I))
+    hx = rand_state(layer, B, rng)
+    full, full_state = layer(x, hx)
+    state = hx
+    for t in range(T):
+        y, state = layer.step(x[t], state)
+        assert_close64(y, full[t])
+    if mode == "LSTM":
+        assert_close64(state[0], full_state[0])
+        assert_close64(state[1], full_state[1])
+    else:
+        assert_close64(state, full_state)
+
+
+# -- against torch loops (torch CPU) -----------------------------------------------------------
+torch = pytest.importorskip("torch")
+
+
+def torch_pair(mode, I, H, L, bidirectional=False):
+    torch.manual_seed(0)
+    if mode == "LSTM":
+        m = torch.nn.LSTM(I, H, L, bidirectional=bidirectional)
+    elif mode == "GRU":
+        m = torch.nn.GRU(I, H, L, bidirectional=bidirectional)
+    else:
+        m = torch.nn.RNN(I, H, L, nonlinearity="relu" if mode == "RNN_RELU" else "tanh",
+                         bidirectional=bidirectional)
+    m = m.double()
+    cls = {"LSTM": gpu_rnn.LSTM, "GRU": gpu_rnn.GRU}.get(mode, gpu_rnn.RNN)
+    return m, cls.from_torch(m, backend="cpu")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_many_to_one_matches_torch_packed(mode, rng):
+    T, B, I, H = 8, 4, 3, 5
+    m, layer = torch_pair(mode, I, H, 2, bidirectional=True)
+    x = rng.standard_normal((T, B, I))
+    lengths = np.array([3, 8, 1, 6])
+    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.from_numpy(x), torch.from_numpy(lengths),
+                                                     enforce_sorted=False)
+    with torch.no_grad():
+        _, hn = m(packed)
+    hn = hn[0] if mode == "LSTM" else hn
+    want = torch.cat([hn[-2], hn[-1]], dim=1).numpy()  # torch's classifier idiom
+    assert_close64(gpu_rnn.many_to_one(layer, x, lengths=lengths), want)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_generate_tokens_matches_torch_loop(mode):
+    I, H, V, B, steps = 6, 12, 13, 2, 25
+    m, layer = torch_pair(mode, I, H, 2)
+    torch.manual_seed(1)
+    lin, emb = torch.nn.Linear(H, V).double(), torch.nn.Embedding(V, I).double()
+    with torch.no_grad():
+        lin.weight *= 3
+    start = torch.tensor([3, 11])
+    toks, outs = [], []
+    with torch.no_grad():
+        x, hx = emb(start)[None], None
+        for _ in range(steps):
+            y, hx = m(x, hx)
+            logits = lin(y[0])
+            outs.append(logits)
+            tok = logits.argmax(1)
+            toks.append(tok)
+            x = emb(tok)[None]
+    out, state, tokens = gpu_rnn.generate(layer, start.numpy(), steps, head=gpu_rnn.Linear.from_torch(lin),
+                                          embedding=gpu_rnn.Embedding.from_torch(emb))
+    np.testing.assert_array_equal(tokens, torch.stack(toks).numpy())
+    assert_close64(out, torch.stack(outs).numpy())
+    h_want = hx[0] if mode == "LSTM" else hx
+    assert_close64(state[0] if mode == "LSTM" else state, h_want.numpy())
+
+
+def test_encoder_decoder_matches_torch(rng):
+    """Sequence to sequence: the encoder's final state seeds a decoder that generates."""
+    I, H, V, E, T, B, steps = 5, 8, 10, 4, 7, 3, 9
+    torch.manual_seed(2)
+    enc_t, dec_t = torch.nn.GRU(I, H, 2).double(), torch.nn.GRU(E, H, 2).double()
+    lin_t, emb_t = torch.nn.Linear(H, V).double(), torch.nn.Embedding(V, E).double()
+    with torch.no_grad():
+        lin_t.weight *= 3
+    x = rng.standard_normal((T, B, I))
+    lengths = np.array([7, 2, 5])
+    # torch: packed encoder, then a greedy decoding loop
+    with torch.no_grad():
+        _, h = enc_t(torch.nn.utils.rnn.pack_padded_sequence(torch.from_numpy(x), torch.from_numpy(lengths),
+                                                             enforce_sorted=False))
+        tok, toks = torch.zeros(B, dtype=torch.long), []
+        for _ in range(steps):
+            y, h = dec_t(emb_t(tok)[None], h)
+            tok = lin_t(y[0]).argmax(1)
+            toks.append(tok)
+    # gpu_rnn: the same in three lines
+    enc, dec = gpu_rnn.GRU.from_torch(enc_t, backend="cpu"), gpu_rnn.GRU.from_torch(dec_t, backend="cpu")
+    _, h_enc = enc(x, lengths=lengths)
+    _, h_dec, tokens = gpu_rnn.generate(dec, np.zeros(B, np.int64), steps, h_enc,
+                                        head=gpu_rnn.Linear.from_torch(lin_t),
+                                        embedding=gpu_rnn.Embedding.from_torch(emb_t))
+    np.testing.assert_array_equal(tokens, torch.stack(toks).numpy())
+    assert_close64(h_dec, h.numpy())
