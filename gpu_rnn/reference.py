@@ -124,10 +124,14 @@ def call(layer, x, hx=None, lengths=None, *, dtype=np.float64):
     h0 = c0 = None
     if hx is not None:
         h0, c0 = hx if lstm else (hx, None)
-    h0 = np.zeros((LD, B, P), dtype) if h0 is None else np.asarray(h0, dtype=dtype)
-    c0 = np.zeros((LD, B, layer.hidden_size), dtype) if c0 is None else np.asarray(c0, dtype=dtype)
-    if not batched:
-        h0, c0 = h0[:, None, :], c0[:, None, :]
+
+    def state(a, size):
+        if a is None:
+            return np.zeros((LD, B, size), dtype)
+        a = np.asarray(a, dtype=dtype)
+        return a if batched else a[:, None, :]
+
+    h0, c0 = state(h0, P), state(c0, layer.hidden_size)
     out, h_n, c_n = forward(layer.mode, x, layer.params(), h0, c0 if lstm else None, lengths,
                             2 if layer.bidirectional else 1, dtype=dtype)
     if not batched:
