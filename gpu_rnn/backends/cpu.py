@@ -33,8 +33,11 @@ class CpuBackend:
         params = layer.params()
         if params[0][0].dtype != dt:
             params = [tuple(None if a is None else a.astype(dt) for a in p) for p in params]
-        out, h_n, c_n = kcpu.forward(cells.MODES[layer.mode], x, params, h0, c0, lengths,
-                                     layer.num_directions)
+        # extended cells (gpu_rnn.onnx) carry their kernel mode, options and peepholes
+        mode = getattr(layer, "cell_mode", None)
+        out, h_n, c_n = kcpu.forward(cells.MODES[layer.mode] if mode is None else mode, x, params, h0, c0,
+                                     lengths, layer.num_directions, opts=getattr(layer, "cell_opts", None),
+                                     peepholes=getattr(layer, "cell_peepholes", None))
         if call.batch_first:
             out = np.ascontiguousarray(np.swapaxes(out, 0, 1))
         return out, h_n, (c_n if layer.mode == "LSTM" else None)

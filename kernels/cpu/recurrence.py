@@ -122,7 +122,10 @@ def forward(mode, x, params, h0, c0, lengths, num_directions, opts=None, peephol
             w_ih, w_hh, b_ih, b_hh, w_hr = params[k]
             xp = _project(inp, w_ih, b_ih)
             w_hr_t = empty if w_hr is None else np.ascontiguousarray(w_hr.T)
-            recur(mode, xp, np.ascontiguousarray(w_hh.T), b_hh, w_hr_t, h0[k], c0[k],
+            run = recur
+            if mode == cells.ONNX_GRU and opts[cells.OPT_LBR] == 0:
+                from .gru_lbr0 import recur_lbr0 as run  # reset before the recurrent matmul
+            run(mode, xp, np.ascontiguousarray(w_hh.T), b_hh, w_hr_t, h0[k], c0[k],
                   lengths, d == 1, out, d * P, h_n[k], c_n[k], opts,
                   empty if peepholes is None else np.ascontiguousarray(peepholes[k], dtype=dt))
         inp = out
