@@ -510,3 +510,30 @@ def profile_generate(layer, x0, steps, hx=None, *, head=None, embedding=None, ba
     cfg = _config(layer, steps, B, None, be)
     cfg.update({"V": V, "E": E})
     return Report(cfg, be, "", clock.kind, int(repeats), int(warmup), first, p, [], ceil, "whole call only")
+
+
+def merge(reports):
+    """One report from several of the same call measured in rounds (times concatenated, roofline
+    recomputed); the first report's first call, plan and notes are kept."""
+    first = reports[0]
+    if len(reports) == 1:
+        return first
+    ceil = first.ceilings
+
+    def joined(p, others):
+        times = list(p.times)
+        for o in others:
+            times += list(o.times)
+        q = PhaseReport(p.name, p.layer, p.direction, times, p.cost)
+        q.roof = models.roofline(p.cost, q.median, ceil.peak(first.config["dtype"]), ceil.bandwidth)
+        return q
+
+    phases = []
+    for p in first.phases:
+        same = [o for r in reports[1:] for o in r.phases
+                if (o.name, o.layer, o.direction) == (p.name, p.layer, p.direction)]
+        phases.append(joined(p, same))
+    fwd = joined(first.forward, [r.forward for r in reports[1:]])
+    return Report(dict(first.config), first.backend, first.plan, first.clock,
+                  sum(r.repeats for r in reports), first.warmup, first.first_call_s, fwd, phases,
+                  ceil, first.phase_source, list(first.notes))
