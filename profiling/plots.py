@@ -1,0 +1,121 @@
+"""PNG plots of a profile sweep (matplotlib, Agg backend: no display needed).
+
+- ``time_per_step.png``: microseconds per time step against the batch size (left) and the
+  hidden size (right), one line per implementation and the other sizes.
+- ``roofline_<device>.png``: the measured ceilings of each device (peak FLOP/s per dtype and
+  the bandwidth slope) with every gpu_rnn phase and every implementation's whole call placed
+  at its arithmetic intensity and achieved FLOP/s.
+"""
+import math
+import os
+import re
+from collections import defaultdict
+
+
+def _mpl():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _finite(v):
+    try:
+        return v is not None and math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _lines(ax, rows, xkey, keys, title):
+    groups = defaultdict(list)
+    for r in rows:
+        if _finite(r.get("per_step_us")):
+            groups[tuple(r[k] for k in keys)].append(r)
+    for key, rs in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        rs = sorted(rs, key=lambda r: r[xkey])
+        label = " ".join(f"{k}={v}" if k not in ("impl", "cell", "dtype") else str(v) for k, v in zip(keys, key))
+        ax.plot([r[xkey] for r in rs], [r["per_step_us"] for r in rs], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel({"B": "batch B", "H": "hidden H"}[xkey])
+    ax.set_ylabel("time per step (us, median)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    if groups:
+        ax.legend(fontsize=6, loc="best")
+
+
+def time_per_step(summary, path):
+    plt = _mpl()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    _lines(axes[0], summary, "B", ("impl", "cell", "dtype", "H", "T", "L", "D"), "time per step vs batch")
+    _lines(axes[1], summary, "H", ("impl", "cell", "dtype", "B", "T", "L", "D"), "time per step vs hidden")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+_MARKERS = {"input_gemm": "s", "recurrence": "o", "head": "^", "forward": "*"}
+
+
+def roofline(ceiling, summary, phases, path):
+    """One device's roofline with the kernels of ``phases`` and the calls of ``summary`` on it."""
+    plt = _mpl()
+    pts = []
+    for r in phases:
+        if r.get("device") == ceiling.device and _finite(r.get("intensity")) and _finite(r.get("flops_per_s")) \
+                and r.get("flops"):
+            pts.append((r["name"], f"gpu_rnn {r['name']}", r["intensity"], r["flops_per_s"]))
+    for r in summary:
+        if r.get("device") == ceiling.device and _finite(r.get("intensity")) and _finite(r.get("gflops_per_s")):
+            pts.append(("forward", f"{r['impl']} whole call", r["intensity"], r["gflops_per_s"] * 1e9))
+    fig, ax = plt.subplots(figsize=(8, 6))
+    bw = ceiling.bandwidth
+    peaks = {k: v for k, v in ceiling.peak_flops.items() if _finite(v)}
+    ais = [p[2] for p in pts] + [v / bw for v in peaks.values()]
+    lo = max(min(ais) / 4, 1e-3) if ais else 0.01
+    hi = max(ais) * 4 if ais else 100.0
+    xs = [lo * (hi / lo) ** (i / 200) for i in range(201)]
+    for name, peak in sorted(peaks.items()):
+        ax.plot(xs, [min(peak, x * bw) for x in xs], label=f"roof {name}: {peak / 1e9:.1f} GFLOP/s, "
+                f"{bw / 1e9:.1f} GB/s")
+    seen = set()
+    colors = {}
+    for kind, label, x, y in pts:
+        if label not in colors:
+            colors[label] = f"C{(len(colors) + 2) % 10}"
+        ax.scatter([x], [y], marker=_MARKERS.get(kind, "x"), color=colors[label], s=30,
+                   label=None if label in seen else label, zorder=3)
+        seen.add(label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOP / compulsory byte)")
+    ax.set_ylabel("FLOP/s")
+    ax.set_title(f"roofline, {ceiling.device}" + (" (simulated)" if ceiling.simulated else ""))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _slug(s):
+    return re.sub(r"[^A-Za-z0-9]+", "_", s.split(":")[0]).strip("_").lower() or "device"
+
+
+def write_all(summary, phases, ceilings, out_dir):
+    """Write every plot into ``out_dir``; returns the file names written."""
+    names = []
+    if summary:
+        time_per_step(summary, os.path.join(out_dir, "time_per_step.png"))
+        names.append("time_per_step.png")
+    used = {r.get("device") for r in summary}
+    for c in ceilings:
+        if c.device not in used:
+            continue
+        name = f"roofline_{_slug(c.device)}.png"
+        roofline(c, summary, phases, os.path.join(out_dir, name))
+        names.append(name)
+    return names
