@@ -44,6 +44,11 @@ class _Module:
     def version(self):
         return self._version
 
+    def save(self, path):
+        """Write config and weights to a safetensors file; ``gpu_rnn.load(path)`` reads it back."""
+        from .io import save
+        save(self, path)
+
 
 class Linear(_Module):
     """``y = x @ W.T + b``; x (..., in_features) -> (..., out_features)."""
@@ -113,7 +118,9 @@ class Embedding(_Module):
     def from_torch(cls, module):
         if type(module).__name__ != "Embedding":
             raise ConfigError(f"Embedding.from_torch needs a torch.nn.Embedding, got {type(module).__name__}")
-        layer = cls(module.num_embeddings, module.embedding_dim)
+        dt = str(module.weight.dtype).replace("torch.", "")
+        layer = cls(module.num_embeddings, module.embedding_dim,
+                    dtype=dt if dt in ("float32", "float64") else "float32")
         layer.load_state_dict(module.state_dict())
         return layer
 
