@@ -1,0 +1,183 @@
+"""Device-side helpers shared by the CUDA kernels: the cell math, storage <-> compute conversion.
+
+Storage dtypes and their compute (accumulation) type:
+
+    storage   element type in device arrays   compute type
+    float64   float64                          float64
+    float32   float32                          float32
+    float16   float16                          float32
+    bfloat16  uint16 (the upper 16 bits of a float32)  float32
+
+Kernels are written once and read and write every array through three helpers whose result
+type follows the storage type, so numba specialises one body per dtype:
+
+    load(v)        storage scalar (``a[i]``) -> compute scalar
+    store(a, v)    compute scalar -> the element type of array ``a`` (``a[i] = store(a, v)``);
+                   bfloat16 rounds to nearest even, NaN stays NaN
+    zero(a)        the compute type's 0 for array ``a`` (typed accumulators, never a bare ``0.``)
+
+Under the simulator (``NUMBA_ENABLE_CUDASIM=1``) kernels run as Python on NumPy scalars; the
+plain Python bodies below are what runs there. On real CUDA the same names are intrinsics,
+lowered by the element type at compile time.
+
+``C`` holds the cell math of :mod:`gpu_rnn.kernels.cells` compiled as CUDA device functions
+(``C.point``, ``C.sigmoid``, ``C.tanh``, ``C.relu``).
+"""
+import numpy as np
+from numba import cuda
+
+from .. import cells
+
+def _is_simulator():
+    from numba import config
+    return bool(getattr(config, "ENABLE_CUDASIM", False))
+
+
+SIMULATOR = _is_simulator()
+
+STORAGE = ("float32", "float64", "float16", "bfloat16")
+
+
+def storage_dtype(name):
+    """NumPy dtype of device arrays for a storage dtype name (bfloat16 is held as uint16 bits)."""
+    return {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64),
+            "float16": np.dtype(np.float16), "bfloat16": np.dtype(np.uint16)}[name]
+
+
+def compute_dtype(name):
+    """The arithmetic type for a storage dtype name: float64 for float64, else float32."""
+    return np.dtype(np.float64) if name == "float64" else np.dtype(np.float32)
+
+
+# -- host-side bfloat16 conversion (NumPy) ------------------------------------------------------
+
+def f32_to_bf16_bits(a):
+    """float32/float64 array -> bfloat16 bits (uint16), round to nearest even, NaN kept NaN."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    bits = a.view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(a)
+    if nan.any():
+        rounded = rounded.copy()
+        rounded[nan] = ((bits[nan] >> 16) | 0x40).astype(np.uint16)
+    return rounded
+
+
+def bf16_bits_to_f32(a):
+    """bfloat16 bits (uint16 array) -> float32 array (exact)."""
+    a = np.ascontiguousarray(a, dtype=np.uint16)
+    return (a.astype(np.uint32) << 16).view(np.float32)
+
+
+def to_storage_host(a, name):
+    """Host array (float32/float64) -> host array of the storage dtype ``name``."""
+    if name == "bfloat16":
+        return f32_to_bf16_bits(a)
+    return np.ascontiguousarray(a, dtype=storage_dtype(name))
+
+
+def from_storage_host(a, name):
+    """Host array of storage dtype ``name`` -> float32/float64/float16 NumPy array
+    (bfloat16 comes back as float32, the nearest NumPy type that holds it exactly)."""
+    if name == "bfloat16":
+        return bf16_bits_to_f32(a)
+    return a
+
+
+# -- device helpers: Python bodies (the simulator runs these) --------------------------------------
+
+def load(v):
+    """Storage scalar -> compute scalar."""
+    if isinstance(v, np.uint16):
+        return np.array([np.uint32(v) << np.uint32(16)], dtype=np.uint32).view(np.float32)[0]
+    if isinstance(v, np.float64) or isinstance(v, float):
+        return np.float64(v)
+    return np.float32(v)
+
+
+def store(a, v):
+    """Compute scalar -> element of ``a``'s storage type."""
+    dt = a.dtype
+    if dt == np.uint16:
+        return f32_to_bf16_bits(np.array([v], dtype=np.float32))[0]
+    return dt.type(v)
+
+
+def zero(a):
+    """Compute-type zero for array ``a``."""
+    return np.float64(0) if a.dtype == np.float64 else np.float32(0)
+
+
+if not SIMULATOR:
+    # Intrinsics rather than ``overload``: they lower straight to LLVM without compiling a
+    # dispatcher, so kernels that use them also compile with ``cuda.compile_ptx`` on a machine
+    # without a GPU, and they cost nothing at run time.
+    from llvmlite import ir as _ir
+    from numba.cuda import types as _t
+    from numba.cuda.extending import intrinsic as _intrinsic
+
+    _I16, _I32, _F32 = _ir.IntType(16), _ir.IntType(32), _ir.FloatType()
+
+    def _ctype(ty):
+        return _t.float64 if ty == _t.float64 else _t.float32
+
+    @_intrinsic
+    def _load(typingctx, v):
+        if v not in (_t.uint16, _t.float16, _t.float32, _t.float64):
+            return None
+        rt = _ctype(v)
+
+        def codegen(context, builder, sig, args):
+            (x,) = args
+            if v == _t.uint16:
+                bits = builder.shl(builder.zext(x, _I32), _ir.Constant(_I32, 16))
+                return builder.bitcast(bits, _F32)
+            return context.cast(builder, x, v, rt)
+        return rt(v), codegen
+
+    @_intrinsic
+    def _store(typingctx, a, v):
+        if not isinstance(a, _t.Array) or v not in (_t.float32, _t.float64):
+            return None
+        dt = a.dtype
+        if dt not in (_t.uint16, _t.float16, _t.float32, _t.float64):
+            return None
+
+        def codegen(context, builder, sig, args):
+            x = args[1]
+            if dt != _t.uint16:
+                return context.cast(builder, x, v, dt)
+            f = context.cast(builder, x, v, _t.float32)
+            bits = builder.bitcast(f, _I32)
+            hi = builder.lshr(bits, _ir.Constant(_I32, 16))
+            odd = builder.and_(hi, _ir.Constant(_I32, 1))
+            rne = builder.lshr(builder.add(bits, builder.add(_ir.Constant(_I32, 0x7FFF), odd)),
+                               _ir.Constant(_I32, 16))
+            nan = builder.fcmp_unordered("uno", f, f)
+            quiet = builder.or_(hi, _ir.Constant(_I32, 0x40))
+            return builder.trunc(builder.select(nan, quiet, rne), _I16)
+        return dt(a, v), codegen
+
+    @_intrinsic
+    def _zero(typingctx, a):
+        if not isinstance(a, _t.Array):
+            return None
+        rt = _ctype(a.dtype)
+
+        def codegen(context, builder, sig, args):
+            return context.get_constant(rt, 0)
+        return rt(a), codegen
+
+    load, store, zero = _load, _store, _zero
+
+
+def _device_jit():
+    if SIMULATOR:
+        return cuda.jit(device=True)
+    return cuda.jit(device=True, inline="always")
+
+
+#: The cell math compiled for the device: ``C.point(mode, a0, a1, a2, a3, hn, h_prev, c_prev,
+#: opts, pi, pf, po) -> (h, c)`` and the activations ``C.sigmoid``, ``C.tanh``, ``C.relu``.
+C = cells.build(_device_jit())
+point = C.point
