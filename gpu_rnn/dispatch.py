@@ -92,12 +92,27 @@ def available_backends():
     return sorted(names, key=lambda n: (order.get(n.split(":")[0], 99), n))
 
 
+def simulated():
+    """True under numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``): a testing device that auto
+    never picks, whatever a backend's own status says."""
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0").strip() not in ("", "0")
+
+
 def _auto():
     for name in _AUTO_ORDER:
         ok, _, auto_ok = _status(name)
-        if ok and auto_ok:
+        if ok and auto_ok and not (name == "cuda" and simulated()):
             return name
     return "cpu"
+
+
+def _auto_reason(name):
+    if name == "cuda":
+        return "auto: a CUDA GPU is present"
+    ok, reason, _ = _status("cuda")
+    if ok and simulated():
+        return "auto: the CUDA simulator is only used when asked for by name"
+    return f"auto: no CUDA GPU ({reason})" if reason else "auto: CPU"
 
 
 def default_backend():
@@ -119,15 +134,15 @@ def check_name(request, argname="backend"):
     base, _, variant = request.partition(":")
     if base not in _REGISTRY or (variant and variant not in _REGISTRY[base].variants):
         known = ["auto"] + [n for e in _REGISTRY.values() for n in (e.name,) + tuple(f"{e.name}:{v}" for v in e.variants)]
-        raise ConfigError(f"{argname} must be one of {known}, got {request!r}")
+        raise ConfigError(f"{argname} must be one of {known} (available here: {available_backends()}), "
+                          f"got {request!r}")
 
 
 def _unavailable(request):
-    lines = [f"backend {request!r} is not available here."]
-    lines.append("available: " + ", ".join(available_backends()))
+    lines = [f"backend {request!r} is not available here; available: {available_backends()}"]
     for name, (ok, reason) in backend_status().items():
         if not ok:
-            lines.append(f"{name}: {reason}")
+            lines.append(f"  {name}: {reason}")
     return BackendUnavailableError("\n".join(lines))
 
 
@@ -147,8 +162,7 @@ def resolve(call_backend, layer_backend, device_input=False):
             req, why = "cuda", "input lives on a CUDA device"
         else:
             req = _auto()
-            why = "auto: " + ("a CUDA GPU is present" if req == "cuda" else
-                              "no CUDA GPU (" + _status("cuda")[1] + ")")
+            why = _auto_reason(req)
     base, _, variant = req.partition(":")
     ok, reason, _ = _status(base)
     if not ok:
