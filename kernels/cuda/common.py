@@ -15,6 +15,7 @@ type follows the storage type, so numba specialises one body per dtype:
     store(a, v)    compute scalar -> the element type of array ``a`` (``a[i] = store(a, v)``);
                    bfloat16 rounds to nearest even, NaN stays NaN
     zero(a)        the compute type's 0 for array ``a`` (typed accumulators, never a bare ``0.``)
+    cdtype(a)      the compute dtype for array ``a``, for ``cuda.local.array(n, cdtype(a))``
 
 Under the simulator (``NUMBA_ENABLE_CUDASIM=1``) kernels run as Python on NumPy scalars; the
 plain Python bodies below are what runs there. On real CUDA the same names are intrinsics,
@@ -108,6 +109,11 @@ def zero(a):
     return np.float64(0) if a.dtype == np.float64 else np.float32(0)
 
 
+def cdtype(a):
+    """The compute dtype for array ``a`` (for ``cuda.local.array``/``cuda.shared.array``)."""
+    return np.float64 if a.dtype == np.float64 else np.float32
+
+
 if not SIMULATOR:
     # Intrinsics rather than ``overload``: they lower straight to LLVM without compiling a
     # dispatcher, so kernels that use them also compile with ``cuda.compile_ptx`` on a machine
@@ -168,7 +174,17 @@ if not SIMULATOR:
             return context.get_constant(rt, 0)
         return rt(a), codegen
 
-    load, store, zero = _load, _store, _zero
+    @_intrinsic
+    def _cdtype(typingctx, a):
+        if not isinstance(a, _t.Array):
+            return None
+        rt = _t.DType(_ctype(a.dtype))
+
+        def codegen(context, builder, sig, args):
+            return context.get_dummy_value()
+        return rt(a), codegen
+
+    load, store, zero, cdtype = _load, _store, _zero, _cdtype
 
 
 def _device_jit():
