@@ -8,10 +8,12 @@ so the profile measures the real path, not a copy of it. Phases inside it are se
 
 1. a backend whose ``forward`` takes a ``phase`` keyword gets one: it wraps its steps in
    ``with phase(name, layer=l, direction=d, stream=s):`` (names ``input_gemm``, ``recurrence``,
-   ``head``, ``h2d``, ``d2h``; ``direction=None`` when one launch serves both directions);
+   ``layer`` (projection and recurrence fused in one kernel), ``head``, ``h2d``, ``d2h``;
+   ``direction=None`` when one launch serves both directions);
 2. otherwise the kernel entry points the backend calls are wrapped for the duration of the
-   profile (:data:`KERNEL_HOOKS`: the CPU's input projection and ``recur``; the CUDA GEMM and
-   ``run_layer`` of both variants), and each call becomes a phase;
+   profile (:data:`KERNEL_HOOKS`: the CPU's input projection and ``recur``, or its fused
+   per-layer kernel; the CUDA GEMM and ``run_layer`` of both variants), and each call becomes
+   a phase;
 3. otherwise the whole call is one ``forward`` phase, and the report says so.
 
 The whole call is always timed as well (``forward``); what the phases do not cover (validation,
@@ -46,12 +48,18 @@ def _cpu_project_key(state, args, kwargs):
     return "input_gemm", i // D, i % D, None
 
 
-def _cpu_recur_key(state, args, kwargs):
-    D = state["D"]
-    i = state.setdefault("recur", 0)
-    state["recur"] = i + 1
-    reverse = args[8] if len(args) > 8 else kwargs.get("reverse", False)
-    return "recurrence", i // D, int(bool(reverse)), None
+def _cpu_layer_key(name, reverse_index):
+    """Key function of a CPU entry point that runs one layer in one direction (``recurrence``, or
+    ``layer`` when the kernel fuses the input projection in), whose ``reverse`` flag is
+    positional argument ``reverse_index``. The layer is counted from the calls: the driver
+    makes one such call per layer and direction, layer-major."""
+    def key(state, args, kwargs):
+        D = state["D"]
+        i = state.setdefault("recur", 0)
+        state["recur"] = i + 1
+        reverse = args[reverse_index] if len(args) > reverse_index else kwargs.get("reverse", False)
+        return name, i // D, int(bool(reverse)), None
+    return key
 
 
 def _cuda_gemm_key(state, args, kwargs):
@@ -71,7 +79,8 @@ def _cuda_layer_key(state, args, kwargs):
 #: A key function maps a call to ``(phase name, layer, direction, stream)``.
 KERNEL_HOOKS = {
     "cpu": [("gpu_rnn.kernels.cpu.recurrence", "_project", _cpu_project_key),
-            ("gpu_rnn.kernels.cpu.recurrence", "recur", _cpu_recur_key)],
+            ("gpu_rnn.kernels.cpu.recurrence", "recur", _cpu_layer_key("recurrence", 8)),
+            ("gpu_rnn.kernels.cpu.fast", "run_layer", _cpu_layer_key("layer", 9))],
     "cuda": [("gpu_rnn.kernels.cuda.gemm", "project", _cuda_gemm_key),
              ("gpu_rnn.kernels.cuda.stepwise", "run_layer", _cuda_layer_key),
              ("gpu_rnn.kernels.cuda.persistent", "run_layer", _cuda_layer_key)],
@@ -284,6 +293,8 @@ def _phase_cost(shape, name, layer, direction, stacked, head_cost):
         return models.input_gemm(shape, layer, direction)
     if name == "recurrence":
         return models.recurrence(shape, layer, direction)
+    if name == "layer":  # a kernel that fuses the input projection into the recurrence
+        return models.input_gemm(shape, layer, direction) + models.recurrence(shape, layer, direction)
     if name == "h2d":
         return models.copies(shape, True)
     if name == "d2h":
@@ -447,7 +458,7 @@ def profile(layer, x, hx=None, *, lengths=None, backend=None, head=None, repeats
             forward = p
         else:
             phases.append(p)
-    order = {"h2d": 0, "input_gemm": 1, "recurrence": 2, "head": 3, "d2h": 4}
+    order = {"h2d": 0, "input_gemm": 1, "recurrence": 2, "layer": 2, "head": 3, "d2h": 4}
     phases.sort(key=lambda p: (order.get(p.name, 5) if p.name in ("h2d", "d2h", "head") else 1,
                                -1 if p.layer is None else p.layer, order.get(p.name, 5),
                                -1 if p.direction is None else p.direction))

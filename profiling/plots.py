@@ -56,7 +56,7 @@ def time_per_step(summary, path):
     return path
 
 
-_MARKERS = {"input_gemm": "s", "recurrence": "o", "head": "^", "forward": "*"}
+_MARKERS = {"input_gemm": "s", "recurrence": "o", "layer": "D", "head": "^", "forward": "*"}
 
 
 def roofline(ceiling, summary, phases, path):

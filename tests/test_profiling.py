@@ -1,0 +1,347 @@
+"""gpu_rnn.profiling: the FLOP/byte models against hand-computed cases, profile() on the CPU, the
+ceilings, the baselines, and the CLI run as a user runs it (a subprocess) with a tiny sweep."""
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import gpu_rnn
+from gpu_rnn.profiling import ceilings, models
+from gpu_rnn.profiling.models import Cost, Shape
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+# -- models ---------------------------------------------------------------------------------------
+def test_gemm_model_by_hand():
+    c = models.gemm(3, 5, 7, 4)
+    assert c.flops == 2 * 3 * 5 * 7 + 3 * 7 == 231
+    assert c.bytes == 4 * (15 + 35 + 7 + 21) == 312
+    nb = models.gemm(3, 5, 7, 8, bias=False)
+    assert (nb.flops, nb.bytes) == (210, 8 * (15 + 35 + 21))
+
+
+def test_input_gemm_model_by_hand():
+    s = Shape("lstm", B=2, T=3, I=5, H=7)
+    c = models.input_gemm(s, 0, 0)  # (6, 5) x (5, 28) + bias
+    assert c.flops == 1848
+    assert c.bytes == 1464
+    s2 = Shape("LSTM", B=2, T=3, I=5, H=7, D=2, L=2)
+    st = models.input_gemm(s2, 0)  # both directions stacked: (6, 5) x (5, 56), x read once
+    assert (st.flops, st.bytes) == (3696, 2808)
+    one = models.input_gemm(s2, 1, 1)  # layer 1 reads D*P = 14 features
+    assert one.flops == 2 * 6 * 14 * 28 + 6 * 28
+    assert one.bytes == 4 * (6 * 14 + 28 * 14 + 28 + 6 * 28)
+
+
+def test_recurrence_model_by_hand():
+    s = Shape("lstm", B=2, T=3, I=5, H=7)
+    c = models.recurrence(s, 0, 0)
+    # per step: (2, 7) x (7, 28) = 784, pointwise 2 * 7 * 17 = 238
+    assert c.flops == 3 * (784 + 238) == 3066
+    # xp 168, W_hh 196, b_hh 28, h0 14, c0 14, out 42, h_n 14, c_n 14 = 490 floats
+    assert c.bytes == 4 * 490
+    assert c.bytes_stream == 4 * (490 + 2 * 196)
+    assert models.recurrence(Shape("lstm", 2, 3, 5, 7, D=2), 0) == c * 2
+
+    g = models.recurrence(Shape("gru", B=1, T=2, I=3, H=4, dtype="float64"), 0, 0)
+    assert g.flops == 2 * (96 + 56)
+    assert g.bytes == 8 * (24 + 48 + 12 + 4 + 8 + 4)
+
+    r = models.recurrence(Shape("rnn_relu", B=5, T=1, I=2, H=3), 0, 0)
+    assert r.flops == 2 * 5 * 3 * 3 + 5 * 3 * 3
+    assert r.bytes == r.bytes_stream == 4 * (15 + 9 + 3 + 15 + 15 + 15)
+
+    p = models.recurrence(Shape("lstm", B=1, T=1, I=2, H=4, P=2), 0, 0)
+    assert p.flops == 64 + 68 + 16  # W_hh (1,2)x(2,16), pointwise 4*17, W_hr (1,4)x(4,2)
+    assert p.bytes == 4 * (16 + 32 + 8 + 16 + 2 + 4 + 2 + 2 + 4)
+
+
+def test_copies_forward_generation_models_by_hand():
+    s = Shape("lstm", B=3, T=4, I=5, H=6, D=2, L=2, dtype="float16")
+    assert models.copies(s, True) == Cost(0, 2 * (60 + 72 + 72))
+    assert models.copies(s, False) == Cost(0, 2 * (144 + 72 + 72))
+    f = models.forward(s)
+    assert f == (models.input_gemm(s, 0) + models.recurrence(s, 0)
+                 + models.input_gemm(s, 1) + models.recurrence(s, 1))
+    unstacked = models.forward(s, stacked=False)
+    assert unstacked.flops == f.flops and unstacked.bytes > f.bytes  # x read once per direction
+
+    g = models.generation(Shape("rnn", B=1, T=1, I=2, H=3), steps=2)
+    assert g.flops == 2 * (15 + 27)
+    assert g.bytes == 4 * (21 + 2 + 6)
+    gh = models.generation(Shape("rnn", B=1, T=1, I=2, H=3), steps=2, V=4, embedding_dim=2)
+    assert gh.flops == 2 * (15 + 27 + 2 * 3 * 4 + 4)
+    assert gh.bytes == 4 * (21 + 16 + 2 + 2 * 4 + 2 * 2)
+
+
+def test_roofline_by_hand():
+    r = models.roofline(Cost(100, 10), 1.0, peak_flops=50, bandwidth=2)
+    assert r["intensity"] == 10 and r["roof_flops_per_s"] == 20 and r["bound"] == "memory"
+    assert r["fraction"] == pytest.approx(5.0)
+    r = models.roofline(Cost(100, 10), 2.0, peak_flops=10, bandwidth=100)
+    assert r["roof_flops_per_s"] == 10 and r["bound"] == "compute"
+    assert r["fraction"] == pytest.approx(5.0) and r["bytes_per_s"] == 5
+    copy = models.roofline(Cost(0, 400), 2.0, peak_flops=10, bandwidth=400)
+    assert copy["fraction"] == pytest.approx(0.5)
+    assert math.isnan(models.roofline(Cost(1, 1), 0.0, 1, 1)["fraction"])
+
+
+@pytest.mark.parametrize("kw", [dict(B=0), dict(T=-1), dict(D=3), dict(dtype="int8"), dict(mode="lstmx")])
+def test_shape_rejects_nonsense(kw):
+    args = dict(mode="lstm", B=1, T=1, I=1, H=1)
+    args.update(kw)
+    with pytest.raises(ValueError):
+        Shape(**args)
+
+
+# -- ceilings ---------------------------------------------------------------------------------------
+def test_cpu_ceilings_measured_and_cached():
+    c = ceilings.get("cpu", quick=True)
+    assert c is ceilings.get("cpu")
+    for v in (c.peak("float32"), c.peak("float64"), c.peak("float16"), c.bandwidth):
+        assert np.isfinite(v) and v > 1e6
+    assert c.roof(1e-9, "float32") == pytest.approx(1e-9 * c.bandwidth)
+    json.dumps(c.to_dict())
+
+
+def test_cuda_ceiling_kernels_compile_without_f64():
+    """The FMA and shared-memory kernels compile for a real GPU and a float32 kernel stays float32."""
+    from numba import cuda, float32, float64, int64
+    try:
+        from gpu_rnn.profiling import _cuda_kernels as k
+        ptx32, _ = cuda.compile_ptx(k._fma_body, (float32[:], int64), cc=(9, 0))
+    except Exception as e:  # noqa: BLE001 - no NVVM here
+        pytest.skip(f"cannot compile PTX here: {e}")
+    ptx64, _ = cuda.compile_ptx(k._fma_body, (float64[:], int64), cc=(9, 0))
+    smem, _ = cuda.compile_ptx(k._smem_body, (float32[:], int64), cc=(9, 0))
+    assert "fma.rn.f32" in ptx32 and ".f64" not in ptx32
+    assert "fma.rn.f64" in ptx64
+    assert "ld.shared.f32" in smem and ".f64" not in smem
+
+
+# -- profile() on the CPU ---------------------------------------------------------------------------
+def _finite_pos(v):
+    return np.isfinite(v) and v > 0
+
+
+def _cpu_entry_points():
+    from gpu_rnn.kernels.cpu import recurrence
+    out = [recurrence._project, recurrence.recur]
+    try:
+        from gpu_rnn.kernels.cpu import fast
+        out.append(fast.run_layer)
+    except (ImportError, AttributeError):
+        pass
+    return out
+
+
+def _layer_phases(rep, shape, layer_i, d):
+    """The phases of one layer and direction: the input GEMM and the recurrence, or one fused
+    ``layer`` phase where the CPU kernel computes the projection inside its loop."""
+    try:
+        fused = rep.phase("layer", layer_i, d)
+    except KeyError:
+        g = rep.phase("input_gemm", layer_i, d)
+        r = rep.phase("recurrence", layer_i, d)
+        assert g.cost == models.input_gemm(shape, layer_i, d)
+        assert r.cost == models.recurrence(shape, layer_i, d)
+        return [g, r]
+    assert fused.cost == models.input_gemm(shape, layer_i, d) + models.recurrence(shape, layer_i, d)
+    return [fused]
+
+
+def test_profile_cpu_phases(rng):
+    from gpu_rnn.profiling import profile
+    orig = _cpu_entry_points()
+    layer = gpu_rnn.LSTM(5, 7, num_layers=2, bidirectional=True, seed=1)
+    x = rng.standard_normal((6, 3, 5)).astype(np.float32)
+    head = gpu_rnn.Linear(14, 4, seed=2)
+    rep = profile(layer, x, lengths=np.array([6, 2, 5]), backend="cpu", head=head, repeats=3, warmup=1,
+                  quick=True)
+    assert _cpu_entry_points() == orig, "hooks must be removed"
+    assert rep.phase_source == "kernel hooks"
+    shape = Shape("lstm", B=3, T=6, I=5, H=7, D=2, L=2)
+    seen = 0
+    for layer_i in range(2):
+        for d in range(2):
+            for p in _layer_phases(rep, shape, layer_i, d):
+                seen += 1
+                assert len(p.times) == 3 and all(_finite_pos(t) for t in p.times)
+                # every phase runs inside the timed whole call of the same run
+                assert all(t < f for t, f in zip(p.times, rep.forward.times))
+                assert p.median < rep.forward.median
+                assert _finite_pos(p.roof["flops_per_s"]) and _finite_pos(p.roof["fraction"])
+    assert rep.phase("head").cost == models.head(3, 14, 4, 4)
+    assert len(rep.phases) == seen + 1
+    assert rep.forward.cost == models.forward(shape, stacked=False)
+    assert _finite_pos(rep.first_call_s) and rep.overhead_s < rep.forward.median
+    assert rep.per_step_s == pytest.approx(rep.forward.median / 6)
+    assert "backend cpu" in rep.plan
+    d = json.loads(json.dumps(rep.to_dict()))
+    assert d["config"]["lengths"] is True and len(d["phases"]) == seen + 1
+    rows = rep.rows()
+    assert [r["phase"] for r in rows][-1] == "forward" and len(rows) == seen + 2
+    assert "[l1,d1]" in rep.table()
+
+
+def test_profile_without_hooks_times_the_whole_call(rng, monkeypatch):
+    from gpu_rnn.profiling import core, profile
+    monkeypatch.setitem(core.KERNEL_HOOKS, "cpu", [])
+    layer = gpu_rnn.GRU(3, 4, seed=0)
+    x = rng.standard_normal((2, 2, 3)).astype(np.float32)
+    rep = profile(layer, x, backend="cpu", repeats=2, warmup=0, quick=True)
+    assert rep.phases == [] and rep.phase_source == "whole call only"
+    assert any("no phase hooks" in n for n in rep.notes)
+    assert len(rep.forward.times) == 2
+
+
+def test_profile_rejects_bad_arguments(rng):
+    from gpu_rnn.profiling import profile
+    layer = gpu_rnn.RNN(3, 4, seed=0)
+    x = rng.standard_normal((2, 2, 3)).astype(np.float32)
+    with pytest.raises(gpu_rnn.ConfigError, match="repeats"):
+        profile(layer, x, backend="cpu", repeats=0)
+    with pytest.raises(gpu_rnn.ConfigError, match="warmup"):
+        profile(layer, x, backend="cpu", warmup=-1)
+    with pytest.raises(gpu_rnn.ShapeError, match="input_size"):
+        profile(layer, x[:, :, :2], backend="cpu")
+
+
+def test_profile_generate_cpu(rng):
+    from gpu_rnn.profiling.core import profile_generate
+    layer = gpu_rnn.RNN(4, 4, seed=0)
+    x0 = rng.standard_normal((2, 4)).astype(np.float32)
+    rep = profile_generate(layer, x0, 3, backend="cpu", repeats=2, warmup=0, quick=True)
+    assert rep.forward.name == "generate" and len(rep.forward.times) == 2
+    assert rep.forward.cost == models.generation(Shape("rnn", 2, 1, 4, 4), 3)
+
+
+# -- baselines ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_relu"])
+def test_onnxruntime_baseline_matches_gpu_rnn(cell, rng):
+    pytest.importorskip("onnxruntime")
+    from gpu_rnn.profiling import baselines
+    from gpu_rnn.profiling.cli import _layer
+    layer = _layer(dict(cell=cell, I=3, H=4, L=2, bidirectional=True, P=0, dtype="float32"), 0)
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    lengths = np.array([5, 3])
+    ref = layer(x, lengths=lengths, backend="cpu")[0]
+    rep = baselines.profile_baseline("onnxruntime", layer, x, lengths=lengths, repeats=2, warmup=0,
+                                     ceilings=ceilings.get("cpu", quick=True), reference=ref)
+    diff = [n for n in rep.notes if n.startswith("max_abs_diff")]
+    assert diff and float(diff[0].split()[-1]) < 1e-5
+    assert rep.forward.cost == models.forward(Shape(cell, 2, 5, 3, 4, D=2, L=2), stacked=False)
+
+
+def test_torch_baseline_matches_gpu_rnn(rng):
+    pytest.importorskip("torch")
+    from gpu_rnn.profiling import baselines
+    layer = gpu_rnn.GRU(3, 5, num_layers=2, seed=0)
+    x = rng.standard_normal((4, 2, 3)).astype(np.float32)
+    lengths = np.array([2, 4])
+    ref = layer(x, lengths=lengths, backend="cpu")[0]
+    rep = baselines.profile_baseline("torch", layer, x, lengths=lengths, repeats=2, warmup=0,
+                                     ceilings=ceilings.get("cpu", quick=True), reference=ref)
+    diff = [n for n in rep.notes if n.startswith("max_abs_diff")]
+    assert diff and float(diff[0].split()[-1]) < 1e-5
+    proj = gpu_rnn.LSTM(3, 5, proj_size=2, seed=0)
+    with pytest.raises(baselines.Unavailable, match="proj"):
+        baselines.runner("onnxruntime", proj, x)
+
+
+# -- CLI --------------------------------------------------------------------------------------------
+def _run_cli(args, tmp_path, env_extra=None, timeout=240):
+    env = dict(os.environ)
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "gpu_rnn.profiling", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_cli_quick_tiny_sweep_writes_files(tmp_path):
+    out = tmp_path / "res"
+    compare = "onnxruntime" if _have("onnxruntime") else "none"
+    p = _run_cli(["--quick", "--cell", "lstm,gru", "--batch", "1,3", "--seq-len", "4", "--hidden", "5",
+                  "--repeats", "2", "--warmup", "0", "--rounds", "2", "--compare", compare,
+                  "--backend", "cpu", "--out", str(out)], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "us/step" in p.stdout and "gpu_rnn:cpu" in p.stdout
+    impls = 2 if compare != "none" else 1
+    summary = _csv(out / "summary.csv")
+    assert len(summary) == 4 * impls
+    for r in summary:
+        assert float(r["median_us"]) > 0 and int(r["n"]) == 2
+        assert r["command"].startswith("python -m gpu_rnn.profiling --quick")
+    ours = [r for r in summary if r["impl"] == "gpu_rnn:cpu"]
+    assert {(r["cell"], r["B"]) for r in ours} == {("lstm", "1"), ("lstm", "3"), ("gru", "1"), ("gru", "3")}
+    if compare != "none":
+        assert all(float(r["speedup_vs_best_baseline"]) > 0 for r in ours)
+    phases = _csv(out / "phases.csv")
+    names = {r["name"] for r in phases}
+    assert names in ({"input_gemm", "recurrence"}, {"layer"}, {"input_gemm", "recurrence", "layer"})
+    assert {(r["cell"], r["B"], r["layer"], r["direction"]) for r in phases} == \
+        {(c, b, "0", "0") for c in ("lstm", "gru") for b in ("1", "3")}
+    data = json.loads((out / "profile.json").read_text())
+    assert len(data["reports"]) == 4 * impls and data["ceilings"]
+    for png in ("time_per_step.png", "roofline_cpu.png"):
+        b = (out / png).read_bytes()
+        assert len(b) > 1000 and b.startswith(PNG)
+
+
+def _have(mod):
+    import importlib.util
+    return importlib.util.find_spec(mod) is not None
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--batch", "0"], "--batch"),
+    (["--batch", "-3"], "--batch"),
+    (["--hidden", "abc"], "--hidden"),
+    (["--seq-len", "2.5"], "--seq-len"),
+    (["--cell", "transformer"], "--cell"),
+    (["--dtype", "int8"], "--dtype"),
+    (["--backend", "tpu"], "--backend"),
+    (["--compare", "tensorflow"], "--compare"),
+    (["--repeats", "0"], "--repeats"),
+    (["--bidirectional", "maybe"], "--bidirectional"),
+    (["--cell", "gru", "--proj-size", "2"], "empty"),
+])
+def test_cli_rejects_nonsense(args, words, tmp_path, capsys):
+    from gpu_rnn.profiling.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(args + ["--out", str(tmp_path), "--no-progress"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert words in err and "error" in err
+
+
+def test_cli_config_files(tmp_path):
+    from gpu_rnn.profiling.cli import UsageError, build_parser, configs, resolve_settings
+    toml = tmp_path / "s.toml"
+    toml.write_text('[profile]\ncell = ["gru", "rnn_relu"]\nbatch = [2, 3]\nhidden = 8\n'
+                    'seq-len = 5\nbidirectional = [false, true]\ncompare = "none"\nrepeats = 4\n')
+    s = resolve_settings(build_parser().parse_args(["--config", str(toml), "--batch", "7"]))
+    assert s["cell"] == ["gru", "rnn_relu"] and s["batch"] == [7] and s["hidden"] == [8]
+    assert s["seq_len"] == [5] and s["bidirectional"] == [False, True] and s["repeats"] == 4
+    cfgs, skipped = configs(s)
+    assert len(cfgs) == 4 and not skipped and all(c["I"] == 8 for c in cfgs)
+    js = tmp_path / "s.json"
+    js.write_text(json.dumps({"cell": "lstm", "batch": 2, "hidden": [4, 6], "proj_size": [0, 5]}))
+    cfgs, skipped = configs(resolve_settings(build_parser().parse_args(["--config", str(js)])))
+    assert len(cfgs) == 3 and len(skipped) == 1  # proj_size 5 >= hidden 4
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"hiden": [4]}))
+    with pytest.raises(UsageError, match="unknown keys"):
+        resolve_settings(build_parser().parse_args(["--config", str(bad)]))
+    with pytest.raises(UsageError, match="no such file"):
+        resolve_settings(build_parser().parse_args(["--config", str(tmp_path / "none.toml")]))
