@@ -1,0 +1,786 @@
+"""Persistent CUDA kernel: one cooperative launch runs every time step of a layer.
+
+After Diamos et al., "Persistent RNNs: Stashing Recurrent Weights On-Chip" (ICML 2016). Both
+directions of a layer run in the same launch. The ``D*H`` hidden units (direction-major, so a
+slice may straddle the two directions) are cut into contiguous slices, one per block; a block
+loads the rows of ``W_hh`` of its units, for every gate (``G*S`` rows of ``P``), into shared
+memory once and keeps them there for all ``T`` steps. The hidden state ``h_{t-1}`` lives in a
+double-buffered global workspace (the compute dtype), written by the block that owns each unit
+and read by every block after a grid-wide barrier; the cell state ``c`` never leaves its owner.
+
+Legend: T time, B batch, H hidden, P output size (``proj_size`` or H), G gates, D directions,
+NB blocks, NT threads per block, S = ceil(D*H / NB) units per block, KS lanes per dot product.
+
+Per step, a block's threads are grouped ``KS`` to a (unit, batch row) pair; the lanes of a
+group split the ``P``-long dot products of the unit's ``G`` gate rows, reduce through shared
+memory, and lane 0 adds both biases and the input projection, runs the cell's pointwise math
+(``kernels.cells``, the same source as the CPU loop) and writes ``h``, ``c`` and ``out``.
+Phases, each followed by the grid barrier:
+
+1. gates and cell update of the block's units (GRU with ``linear_before_reset = 0``: first the
+   ``r`` and ``z`` rows, then a barrier, then the ``n`` rows on ``r * h``);
+2. LSTM with ``proj_size``: the projection ``h = W_hr h_raw`` needs every unit's ``h_raw`` of
+   the step, so it is a phase of its own; its ``D*P`` outputs are sliced over the blocks the
+   same way, with the block's rows of ``W_hr`` also kept in shared memory.
+
+The barrier is ``cuda.cg.this_grid().sync()``; a one-block grid (the simulator, and any launch
+the planner sizes to one block) uses ``cuda.syncthreads()`` instead, chosen by
+``cuda.gridDim.x == 1`` at run time so the simulator never evaluates ``cuda.cg``. The kernel is
+correct for any grid from one block up; blocks past the last unit only join the barriers.
+
+Sequences past their length (``lengths``) keep their state and write zeros, in the kernel, so a
+packed batch costs nothing more than a full one.
+
+Storage dtypes float32, float64, float16 and bfloat16 (uint16 bits); arithmetic in float64 for
+float64 and float32 otherwise (``kernels.cuda.common.load/store``). Shared memory holds the
+weights in the storage dtype, so 16-bit storage fits twice the units of float32.
+
+Floor model of one step (used by the benchmark; ``floor_model``)
+-------------------------------------------------------------------
+With ``st`` the storage bytes per element and ``W = D*G*H*P + D*P*H*[proj]`` the recurrent
+weight elements:
+
+- weight reads from shared memory: ``W * st`` bytes in total per step if each weight is read
+  once and reused across the batch (the ideal); spread over ``NB`` SMs at ``smem_bw`` bytes/s
+  each: ``t_w = W * st / (NB * smem_bw)``. This kernel reads each weight once per batch row
+  (``B`` times; the batch is not tiled in registers), so its own bound is ``B * t_w``;
+- arithmetic: ``2 * B * W`` FLOPs at the device's peak for the compute dtype:
+  ``t_f = 2 * B * W / peak``;
+- barriers: ``n_bar`` grid syncs per step (1; 2 with ``proj_size`` or GRU
+  ``linear_before_reset = 0``), each ``t_sync`` (about 1 us for a full-device cooperative
+  grid; measure it on the card): ``t_b = n_bar * t_sync``.
+
+The floor of a step is ``max(t_w, t_f, t_b)``; the planner uses the kernel's own estimate
+``max(B * t_w, t_f) + t_b`` to pick the grid.
+
+Entry points: :func:`run_layer` (the layer-level interface of ``kernels.cuda``),
+:func:`fits` (the planner), :func:`device_props`, :func:`floor_model`, :func:`compile_ptx`
+(a compile check that needs no GPU). Import only from the CUDA backend: it imports numba.cuda.
+"""
+import numpy as np
+from numba import cuda
+
+from .. import cells
+from . import common
+from .common import load, store, zero, point
+
+SIMULATOR = common.SIMULATOR
+
+#: Threads per block on real hardware and under the simulator (one Python thread per CUDA
+#: thread there, so it stays small).
+THREADS = 256
+SIM_THREADS = 32
+#: Largest number of lanes sharing one dot product (one warp).
+MAX_LANES = 32
+
+OPTS_SIZE = cells.OPTS_SIZE
+OPT_ACT = cells.OPT_ACT
+OPT_ALPHA = cells.OPT_ALPHA
+OPT_BETA = cells.OPT_BETA
+OPT_CLIP = cells.OPT_CLIP
+OPT_LBR = cells.OPT_LBR
+ONNX_GRU = cells.ONNX_GRU
+
+act = common.C.act
+clip_ = common.C.clip
+
+
+class PersistentUnavailable(RuntimeError):
+    """The persistent kernel cannot run this layer here (weights too large for shared memory,
+    a grid that cannot be co-resident, no cooperative launch, ...). The message says why; the
+    backend falls back to the stepwise kernel with a warning."""
+
+
+# -- planning -------------------------------------------------------------------------------
+
+def _storage_name(dtype):
+    """Storage dtype name of a NumPy dtype or name (bfloat16 is held as uint16 bits)."""
+    if isinstance(dtype, str) and dtype == "bfloat16":
+        return "bfloat16"
+    dt = np.dtype(dtype)
+    if dt == np.uint16:
+        return "bfloat16"
+    name = dt.name
+    if name not in common.STORAGE:
+        raise PersistentUnavailable(
+            f"dtype must be one of {common.STORAGE} (bfloat16 as uint16 bits), got {name}")
+    return name
+
+
+def _itemsizes(storage):
+    st = 2 if storage in ("float16", "bfloat16") else np.dtype(storage).itemsize
+    acc = 8 if storage == "float64" else 4
+    return st, acc
+
+
+def device_props():
+    """The properties the planner needs, as a small dict.
+
+    On real hardware they are read from ``numba.cuda.get_current_device()``; under the
+    simulator a fixed one-block device is described (the simulator cannot synchronise blocks).
+    Keys: ``name``, ``multiprocessors``, ``max_shared_per_block`` (bytes, the opt-in limit),
+    ``registers_per_block``, ``max_threads``, ``max_cooperative_blocks`` (an upper bound: one
+    block per multiprocessor; the launch checks the compiled kernel's own limit),
+    ``cooperative``, ``simulator``.
+    """
+    if SIMULATOR:
+        return {"name": "CUDA simulator", "multiprocessors": 1,
+                "max_shared_per_block": 48 * 1024, "registers_per_block": 65536,
+                "max_threads": SIM_THREADS, "max_cooperative_blocks": 1,
+                "cooperative": True, "simulator": True}
+    dev = cuda.get_current_device()
+    sm = int(dev.MULTIPROCESSOR_COUNT)
+    try:
+        smem = int(dev.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+    except Exception:  # noqa: BLE001 - older drivers: the default limit
+        smem = int(dev.MAX_SHARED_MEMORY_PER_BLOCK)
+    try:
+        coop = bool(dev.COOPERATIVE_LAUNCH)
+    except Exception:  # noqa: BLE001
+        coop = True
+    name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
+    return {"name": name, "multiprocessors": sm, "max_shared_per_block": smem,
+            "registers_per_block": int(dev.MAX_REGISTERS_PER_BLOCK),
+            "max_threads": int(dev.MAX_THREADS_PER_BLOCK),
+            "max_cooperative_blocks": sm if coop else 0,
+            "cooperative": coop, "simulator": False}
+
+
+def _pow2_floor(n):
+    return 1 << (max(int(n), 1).bit_length() - 1)
+
+
+def _has_proj(mode, H, P):
+    return cells.gate_count(mode) == 4 and P != H
+
+
+def geometry(mode, D, B, H, P, G, dtype, blocks, threads):
+    """Shared memory and lane split of a launch of ``blocks`` blocks of ``threads`` threads.
+
+    Returns ``dict(blocks, threads, lanes, units_per_block, proj_per_block, smem_bytes)``.
+    Shared memory: the lane-reduction buffer (``4*threads`` compute-dtype values) then the
+    block's ``W_hh`` rows (``G*S*P``) and, with a projection, its ``W_hr`` rows (``So*H``), in
+    the storage dtype.
+    """
+    storage = _storage_name(dtype)
+    st, acc = _itemsizes(storage)
+    S = -(-D * H // blocks)
+    So = -(-D * P // blocks) if _has_proj(mode, H, P) else 0
+    smem = 4 * threads * acc + (S * G * P + So * H) * st
+    pairs = max(S * B, So * B, 1)
+    lanes = min(MAX_LANES, _pow2_floor(threads // pairs) if pairs < threads else 1,
+                1 << max(P - 1, max(H, 1) - 1, 0).bit_length())
+    return {"blocks": int(blocks), "threads": int(threads), "lanes": int(max(lanes, 1)),
+            "units_per_block": S, "proj_per_block": So, "smem_bytes": int(smem)}
+
+
+# Estimates of a recent data-centre card (H100 class) for choosing the grid; the benchmark
+# measures the real ones (profiling.ceilings).
+_SMEM_BW_PER_SM = 128 * 1.7e9   # bytes/s: 128 B per clock
+_FLOPS_PER_SM = 256 * 1.7e9     # float32: 128 FMA per clock
+_SYNC_S = 0.8e-6                # a grid sync
+_SYNC_PER_BLOCK_S = 4e-9        # its growth with the grid
+
+
+def _barriers(mode, H, P, lbr0=False):
+    return 1 + int(_has_proj(mode, H, P)) + int(bool(lbr0))
+
+
+def _estimate(mode, D, B, H, P, G, dtype, blocks, geo):
+    st, _ = _itemsizes(_storage_name(dtype))
+    S, So = geo["units_per_block"], geo["proj_per_block"]
+    w = S * G * P + So * H
+    t_w = B * w * st / _SMEM_BW_PER_SM
+    scale = 32.0 if _storage_name(dtype) == "float64" else 1.0   # float64 is slower per SM
+    t_f = 2 * B * w * scale / _FLOPS_PER_SM
+    t_b = _barriers(mode, H, P) * (_SYNC_S + _SYNC_PER_BLOCK_S * blocks) if blocks > 1 else 0.0
+    return max(t_w, t_f) + t_b
+
+
+def fits(mode, D, B, H, P, G, dtype, device_props):
+    """Plan a persistent launch for one layer on a device.
+
+    mode, D, B, H, P, G   the layer (``kernels.cells`` mode; P = proj_size or H)
+    dtype                 storage dtype (numpy dtype or name; bfloat16 as ``"bfloat16"`` or
+                          uint16)
+    device_props          :func:`device_props`'s dict
+
+    Returns ``dict(ok, blocks, threads, lanes, smem_bytes, reason, min_blocks)``. The grid
+    must fit each block's weight slice in shared memory and stay within the co-resident limit
+    (``max_cooperative_blocks``). Among the grids that fit, the smallest one (``min_blocks``)
+    has the cheapest barrier but the most work per block; ``blocks`` is the one the floor
+    model (module docstring) says is fastest, which on a large device is usually many more.
+    ``ok=False`` gives the reason (the backend then uses the stepwise kernel).
+    """
+    props = device_props
+    storage = _storage_name(dtype)
+    threads = min(int(props.get("max_threads", THREADS)),
+                  SIM_THREADS if props.get("simulator") else THREADS)
+    max_blocks = min(int(props.get("max_cooperative_blocks", 0)), D * H)
+    smem_max = int(props.get("max_shared_per_block", 0))
+    base = {"ok": False, "blocks": 0, "threads": threads, "lanes": 1, "smem_bytes": 0,
+            "min_blocks": 0, "storage": storage}
+    if not props.get("cooperative", False) or max_blocks < 1:
+        return dict(base, reason="the device does not support cooperative launches")
+    fitting = []
+    for nb in range(1, max_blocks + 1):
+        geo = geometry(mode, D, B, H, P, G, storage, nb, threads)
+        if geo["smem_bytes"] <= smem_max:
+            fitting.append((nb, geo))
+    if not fitting:
+        geo = geometry(mode, D, B, H, P, G, storage, max_blocks, threads)
+        return dict(base, smem_bytes=geo["smem_bytes"], reason=(
+            f"the recurrent weights ({storage}, D={D}, G={G}, H={H}, P={P}) do not fit in "
+            f"shared memory: at the largest co-resident grid ({max_blocks} blocks) a block "
+            f"needs {geo['smem_bytes']} bytes, the device allows {smem_max}"))
+    best_nb, best_geo = min(fitting, key=lambda it: (
+        _estimate(mode, D, B, H, P, G, storage, it[0], it[1]), it[0]))
+    return dict(base, ok=True, blocks=best_nb, lanes=best_geo["lanes"],
+                smem_bytes=best_geo["smem_bytes"], min_blocks=fitting[0][0],
+                reason=(f"{best_nb} blocks x {threads} threads, {best_geo['smem_bytes']} bytes "
+                        f"of shared memory per block (W_hh slice of "
+                        f"{best_geo['units_per_block']} units); smallest grid that fits: "
+                        f"{fitting[0][0]}, co-resident limit {max_blocks}"))
+
+
+def floor_model(mode, D, B, H, P, G, dtype, blocks, smem_bw_per_sm, peak_flops, t_sync,
+                lbr0=False):
+    """The floor of one step (seconds) and its parts, as in the module docstring.
+
+    smem_bw_per_sm  shared-memory read bandwidth of one SM (bytes/s)
+    peak_flops      the device's peak for the compute dtype (FLOP/s)
+    t_sync          one grid barrier (s)
+    Returns ``dict(t_weights, t_flops, t_barrier, floor, kernel_bound)``.
+    """
+    st, _ = _itemsizes(_storage_name(dtype))
+    w = D * G * H * P + (D * P * H if _has_proj(mode, H, P) else 0)
+    t_w = w * st / (blocks * smem_bw_per_sm)
+    t_f = 2.0 * B * w / peak_flops
+    t_b = _barriers(mode, H, P, lbr0) * t_sync
+    return {"t_weights": t_w, "t_flops": t_f, "t_barrier": t_b, "floor": max(t_w, t_f, t_b),
+            "kernel_bound": max(B * t_w, t_f) + t_b}
+
+
+# -- the kernel -----------------------------------------------------------------------------
+
+def _gates(mode):
+    if mode == cells.LSTM or mode == cells.ONNX_LSTM:
+        return 4
+    if mode == cells.GRU or mode == cells.ONNX_GRU:
+        return 3
+    return 1
+
+
+def _slice(blk, nb, n):
+    """Block ``blk`` of ``nb`` owns items ``[first, first + count)`` of ``n``; every block but
+    the last few holds ``per_block = ceil(n / nb)``. Returns ``(per_block, first, count)``."""
+    per = (n + nb - 1) // nb
+    first = blk * per
+    count = min(per, n - first) if first < n else 0
+    return per, first, count
+
+
+def _cell(mode, a0, a1, a2, a3, hn, h_prev, c_prev, opts, pi, pf, po):
+    """``kernels.cells`` pointwise math behind one call: compiled once however many phases
+    call it (inlining it at each call site multiplies the compile time)."""
+    return point(mode, a0, a1, a2, a3, hn, h_prev, c_prev, opts, pi, pf, po)
+
+
+def _reset_gate(a0, opts):
+    """GRU ``r`` from its pre-activation, with the cell's options (``linear_before_reset=0``)."""
+    return act(int(opts[OPT_ACT]), clip_(a0, opts[OPT_CLIP]), opts[OPT_ALPHA], opts[OPT_BETA])
+
+
+def _grid_sync():
+    cuda.cg.this_grid().sync()
+
+
+def _block_sync():
+    cuda.syncthreads()
+
+
+def _dots(wsm, w0, P, ws, v0, lane, lanes, nrows, z):
+    """Partial dot products of up to four consecutive ``P``-long weight rows (``wsm[w0:]``,
+    shared memory, storage dtype) with the vector ``ws[v0:v0+P]``, over this lane's ``k``."""
+    s0 = z
+    s1 = z
+    s2 = z
+    s3 = z
+    if nrows == 1:
+        for k in range(lane, P, lanes):
+            s0 += load(wsm[w0 + k]) * ws[v0 + k]
+    elif nrows == 2:
+        for k in range(lane, P, lanes):
+            v = ws[v0 + k]
+            s0 += load(wsm[w0 + k]) * v
+            s1 += load(wsm[w0 + P + k]) * v
+    elif nrows == 3:
+        for k in range(lane, P, lanes):
+            v = ws[v0 + k]
+            s0 += load(wsm[w0 + k]) * v
+            s1 += load(wsm[w0 + P + k]) * v
+            s2 += load(wsm[w0 + 2 * P + k]) * v
+    else:
+        for k in range(lane, P, lanes):
+            v = ws[v0 + k]
+            s0 += load(wsm[w0 + k]) * v
+            s1 += load(wsm[w0 + P + k]) * v
+            s2 += load(wsm[w0 + 2 * P + k]) * v
+            s3 += load(wsm[w0 + 3 * P + k]) * v
+    return s0, s1, s2, s3
+
+
+def _reduce(red, tid, lane, lanes, s0, s1, s2, s3):
+    """Sum the partial sums of a group's lanes into lane 0 (every thread of the block calls
+    it: it holds two block barriers)."""
+    if lanes > 1:
+        red[4 * tid] = s0
+        red[4 * tid + 1] = s1
+        red[4 * tid + 2] = s2
+        red[4 * tid + 3] = s3
+        cuda.syncthreads()
+        if lane == 0:
+            for m in range(1, lanes):
+                s0 += red[4 * (tid + m)]
+                s1 += red[4 * (tid + m) + 1]
+                s2 += red[4 * (tid + m) + 2]
+                s3 += red[4 * (tid + m) + 3]
+        cuda.syncthreads()
+    return s0, s1, s2, s3
+
+
+def _persistent(mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts, peep, ws,
+                lanes):
+    """The kernel. Arguments as :func:`run_layer`, plus ``ws`` the compute-dtype workspace
+    (:func:`workspace_size`) and ``lanes`` the threads per dot product (a power of two)."""
+    T = xp.shape[0]
+    B = xp.shape[1]
+    D = w_hh.shape[0]
+    P = w_hh.shape[2]
+    G = gates(mode)
+    H = w_hh.shape[1] // G
+    has_proj = w_hr.shape[0] > 0
+    has_peep = peep.shape[0] > 0
+    has_c = c0.shape[0] > 0
+    z = zero(xp)
+
+    nb = cuda.gridDim.x
+    blk = cuda.blockIdx.x
+    nt = cuda.blockDim.x
+    tid = cuda.threadIdx.x
+    ng = nt // lanes
+    grp = tid // lanes
+    lane = tid - grp * lanes
+    one_block = nb == 1
+
+    S, u0, nu = slice_(blk, nb, D * H)
+    SO, o0, no = slice_(blk, nb, D * P if has_proj else 0)
+
+    # workspace: h double buffer (2, D, B, P), c (D, B, H), h_raw or r*h (D, B, H),
+    # staged GRU pre-activations r, z (2, D, B, H)
+    off_c = 2 * D * B * P
+    off_r = off_c + D * B * H
+    off_a = off_r + D * B * H
+
+    optl = cuda.local.array(OPTS_SIZE, ACC_T)
+    for i in range(OPTS_SIZE):
+        optl[i] = z
+    for i in range(min(opts.shape[0], OPTS_SIZE)):
+        optl[i] = load(opts[i])
+    lbr0 = mode == ONNX_GRU and optl[OPT_LBR] == z
+
+    red = cuda.shared.array(0, ACC_T)
+    dynw = cuda.shared.array(0, W_T)
+    woff = 4 * nt * ACC_BYTES // W_BYTES
+    wsm = dynw[woff:woff + S * G * P]
+    rsm = dynw[woff + S * G * P:woff + S * G * P + SO * H]
+
+    # stash the block's weight rows: wsm[(l*G + g)*P + k] = W_hh[d, g*H + j, k]
+    gp = G * P
+    for idx in range(tid, nu * gp, nt):
+        ll = idx // gp
+        rem = idx - ll * gp
+        g = rem // P
+        k = rem - g * P
+        u = u0 + ll
+        d = u // H
+        wsm[idx] = w_hh[d, g * H + u - d * H, k]
+    for idx in range(tid, no * H, nt):
+        ll = idx // H
+        j = idx - ll * H
+        o = o0 + ll
+        d = o // P
+        rsm[idx] = w_hr[d, o - d * P, j]
+
+    # initial states, each written by its owner
+    for q in range(tid, nu * B, nt):
+        ll = q // B
+        b = q - ll * B
+        u = u0 + ll
+        d = u // H
+        j = u - d * H
+        ws[off_c + (d * B + b) * H + j] = load(c0[d, b, j]) if has_c else z
+        if not has_proj:
+            ws[(d * B + b) * P + j] = load(h0[d, b, j])
+    for q in range(tid, no * B, nt):
+        ll = q // B
+        b = q - ll * B
+        o = o0 + ll
+        d = o // P
+        p = o - d * P
+        ws[(d * B + b) * P + p] = load(h0[d, b, p])
+    if one_block:
+        block_sync()
+    else:
+        grid_sync()
+
+    rounds = (nu * B + ng - 1) // ng
+    rounds_o = (no * B + ng - 1) // ng
+    for s in range(T):
+        cur = s % 2
+        nxt = 1 - cur
+        # phase 1: gates and cell update of this block's units
+        for r in range(rounds):
+            q = r * ng + grp
+            active = grp < ng and q < nu * B
+            ll = 0
+            b = 0
+            d = 0
+            j = 0
+            s0 = z
+            s1 = z
+            s2 = z
+            s3 = z
+            if active:
+                ll = q // B
+                b = q - ll * B
+                u = u0 + ll
+                d = u // H
+                j = u - d * H
+                s0, s1, s2, s3 = dots(wsm, ll * gp, P, ws, ((cur * D + d) * B + b) * P,
+                                      lane, lanes, 2 if lbr0 else G, z)
+            s0, s1, s2, s3 = reduce_(red, tid, lane, lanes, s0, s1, s2, s3)
+            if active and lane == 0:
+                t = s if d == 0 else T - 1 - s
+                hcur = ((cur * D + d) * B + b) * P
+                hnxt = ((nxt * D + d) * B + b) * P
+                x0 = d * G * H
+                if t < lengths[b]:
+                    a0 = load(xp[t, b, x0 + j]) + s0 + load(b_hh[d, j])
+                    a1 = z
+                    a2 = z
+                    a3 = z
+                    hn = z
+                    if G >= 3:
+                        a1 = load(xp[t, b, x0 + H + j]) + s1 + load(b_hh[d, H + j])
+                        if G == 3:
+                            a2 = load(xp[t, b, x0 + 2 * H + j])
+                            hn = s2 + load(b_hh[d, 2 * H + j])
+                        else:
+                            a2 = load(xp[t, b, x0 + 2 * H + j]) + s2 + load(b_hh[d, 2 * H + j])
+                            a3 = load(xp[t, b, x0 + 3 * H + j]) + s3 + load(b_hh[d, 3 * H + j])
+                    ci = off_c + (d * B + b) * H + j
+                    if lbr0:
+                        # stage r, z pre-activations and r * h for the n rows (phase 1b)
+                        ai = off_a + (d * B + b) * H + j
+                        ws[ai] = a0
+                        ws[ai + D * B * H] = a1
+                        rg = reset_gate(a0, optl)
+                        ws[off_r + (d * B + b) * H + j] = rg * ws[hcur + j]
+                    else:
+                        hp = z if has_proj else ws[hcur + j]
+                        pi = z
+                        po = z
+                        pf = z
+                        if has_peep:
+                            pi = load(peep[d, 0, j])
+                            po = load(peep[d, 1, j])
+                            pf = load(peep[d, 2, j])
+                        hv, cv = cell(mode, a0, a1, a2, a3, hn, hp, ws[ci], optl, pi, pf, po)
+                        ws[ci] = cv
+                        if has_proj:
+                            ws[off_r + (d * B + b) * H + j] = hv
+                        else:
+                            ws[hnxt + j] = hv
+                            out[t, b, d * P + j] = store(out, hv)
+                elif not lbr0:
+                    if not has_proj:
+                        ws[hnxt + j] = ws[hcur + j]
+                        out[t, b, d * P + j] = store(out, z)
+                else:
+                    ws[off_r + (d * B + b) * H + j] = z
+        if lbr0:
+            # phase 1b: the n rows on r * h (GRU, linear_before_reset = 0)
+            if one_block:
+                block_sync()
+            else:
+                grid_sync()
+            for r in range(rounds):
+                q = r * ng + grp
+                active = grp < ng and q < nu * B
+                ll = 0
+                b = 0
+                d = 0
+                j = 0
+                s0 = z
+                s1 = z
+                s2 = z
+                s3 = z
+                if active:
+                    ll = q // B
+                    b = q - ll * B
+                    u = u0 + ll
+                    d = u // H
+                    j = u - d * H
+                    s0, s1, s2, s3 = dots(wsm, ll * gp + 2 * P, P, ws, off_r + (d * B + b) * H,
+                                          lane, lanes, 1, z)
+                s0, s1, s2, s3 = reduce_(red, tid, lane, lanes, s0, s1, s2, s3)
+                if active and lane == 0:
+                    t = s if d == 0 else T - 1 - s
+                    hcur = ((cur * D + d) * B + b) * P
+                    hnxt = ((nxt * D + d) * B + b) * P
+                    if t < lengths[b]:
+                        ai = off_a + (d * B + b) * H + j
+                        a2 = load(xp[t, b, d * G * H + 2 * H + j])
+                        hn = s0 + load(b_hh[d, 2 * H + j])
+                        ci = off_c + (d * B + b) * H + j
+                        hv, cv = cell(mode, ws[ai], ws[ai + D * B * H], a2, z, hn,
+                                       ws[hcur + j], ws[ci], optl, z, z, z)
+                        ws[hnxt + j] = hv
+                        out[t, b, d * P + j] = store(out, hv)
+                    else:
+                        ws[hnxt + j] = ws[hcur + j]
+                        out[t, b, d * P + j] = store(out, z)
+        if one_block:
+            block_sync()
+        else:
+            grid_sync()
+        if has_proj:
+            # phase 2: h = W_hr h_raw, once every unit's h_raw of this step is written
+            for r in range(rounds_o):
+                q = r * ng + grp
+                active = grp < ng and q < no * B
+                ll = 0
+                b = 0
+                d = 0
+                p = 0
+                s0 = z
+                s1 = z
+                s2 = z
+                s3 = z
+                if active:
+                    ll = q // B
+                    b = q - ll * B
+                    o = o0 + ll
+                    d = o // P
+                    p = o - d * P
+                    s0, s1, s2, s3 = dots(rsm, ll * H, H, ws, off_r + (d * B + b) * H,
+                                          lane, lanes, 1, z)
+                s0, s1, s2, s3 = reduce_(red, tid, lane, lanes, s0, s1, s2, s3)
+                if active and lane == 0:
+                    t = s if d == 0 else T - 1 - s
+                    hcur = ((cur * D + d) * B + b) * P
+                    hnxt = ((nxt * D + d) * B + b) * P
+                    if t < lengths[b]:
+                        ws[hnxt + p] = s0
+                        out[t, b, d * P + p] = store(out, s0)
+                    else:
+                        ws[hnxt + p] = ws[hcur + p]
+                        out[t, b, d * P + p] = store(out, z)
+            if one_block:
+                block_sync()
+            else:
+                grid_sync()
+
+    # final states, each from its owner's own writes
+    fin = T % 2
+    for q in range(tid, nu * B, nt):
+        ll = q // B
+        b = q - ll * B
+        u = u0 + ll
+        d = u // H
+        j = u - d * H
+        if c_n.shape[0] > 0:
+            c_n[d, b, j] = store(c_n, ws[off_c + (d * B + b) * H + j])
+        if not has_proj:
+            h_n[d, b, j] = store(h_n, ws[((fin * D + d) * B + b) * P + j])
+    for q in range(tid, no * B, nt):
+        ll = q // B
+        b = q - ll * B
+        o = o0 + ll
+        d = o // P
+        p = o - d * P
+        h_n[d, b, p] = store(h_n, ws[((fin * D + d) * B + b) * P + p])
+
+
+def workspace_size(D, B, H, P):
+    """Compute-dtype elements of the kernel's workspace."""
+    return 2 * D * B * P + 4 * D * B * H
+
+
+def _numba_type(storage):
+    from numba import types
+    return {"float32": types.float32, "float64": types.float64, "float16": types.float16,
+            "bfloat16": types.uint16}[storage]
+
+
+_DEV = {}
+_KERNELS = {}
+
+
+def _device_functions():
+    """The kernel's device functions, compiled on their own: numba-level inlining would
+    re-type a callee (the whole cell math) at every call site; LLVM still inlines what pays."""
+    jit = cuda.jit(device=True)
+    return dict(gates=jit(_gates), slice_=jit(_slice), dots=jit(_dots), reduce_=jit(_reduce),
+                block_sync=jit(_block_sync), grid_sync=jit(_grid_sync), cell=jit(_cell),
+                reset_gate=jit(_reset_gate))
+
+
+def _body(storage, cooperative, dev):
+    """The kernel function for ``storage``: the body above with the module's globals plus the
+    storage-dependent names it reads and the device functions ``dev``."""
+    from numba import types
+    st, acc = _itemsizes(storage)
+    g = dict(globals())
+    g.update(dev)
+    g.update(W_T=_numba_type(storage), ACC_T=types.float64 if acc == 8 else types.float32,
+             W_BYTES=st, ACC_BYTES=acc)
+    if not cooperative:
+        g["grid_sync"] = dev["block_sync"]
+    return type(_persistent)(_persistent.__code__, g, "persistent")
+
+
+def kernel(storage):
+    """The compiled-on-first-call kernel for a storage dtype name (one body, four globals)."""
+    k = _KERNELS.get(storage)
+    if k is None:
+        if not _DEV:
+            _DEV.update(_device_functions())
+        k = cuda.jit(cache=not SIMULATOR)(_body(storage, True, _DEV))
+        _KERNELS[storage] = k
+    return k
+
+
+def compile_ptx(storage, cc=(9, 0)):
+    """PTX of the kernel for ``storage`` with its grid barrier replaced by a block barrier.
+
+    ``cuda.compile_ptx`` runs without a GPU, but the grid sync needs the CUDA driver (it links
+    the device runtime), so this variant checks that everything else types and compiles.
+    Returns ``(ptx, resty)``.
+    """
+    from numba import types
+    # device functions of its own: their compiled code is for ``cc``, not for a real device
+    fn = _body(storage, False, _device_functions())
+    wt = _numba_type(storage)
+    acc = types.float64 if storage == "float64" else types.float32
+    arr = lambda dt, n: types.Array(dt, n, "C")  # noqa: E731
+    sig = (types.int64, arr(wt, 3), arr(wt, 3), arr(wt, 2), arr(wt, 3), arr(wt, 3),
+           arr(wt, 3), arr(types.int64, 1), arr(wt, 3), arr(wt, 3), arr(wt, 3), arr(wt, 1),
+           arr(wt, 3), arr(acc, 1), types.int64)
+    # The kernel's device functions are compiled on their own (not inlined by numba), and
+    # numba asks the current device for their target; without a GPU there is none, so it is
+    # told the one asked for here, only for this compile.
+    from numba.cuda import dispatcher
+
+    class _Target:
+        compute_capability = tuple(cc)
+
+    saved = dispatcher.get_current_device
+    dispatcher.get_current_device = lambda: _Target
+    try:
+        return cuda.compile_ptx(fn, sig, cc=cc)
+    finally:
+        dispatcher.get_current_device = saved
+
+
+# -- the launch -----------------------------------------------------------------------------
+
+def _plan_from(grid, mode, D, B, H, P, G, storage):
+    props = device_props()
+    if grid is None:
+        plan = fits(mode, D, B, H, P, G, storage, props)
+        if not plan["ok"]:
+            raise PersistentUnavailable(plan["reason"])
+        return plan, props
+    blocks = int(grid["blocks"] if isinstance(grid, dict) else grid)
+    if blocks < 1:
+        raise PersistentUnavailable(f"grid must be at least one block, got {blocks}")
+    if isinstance(grid, dict):
+        plan = geometry(mode, D, B, H, P, G, storage, blocks, grid.get("threads", THREADS))
+        if "lanes" in grid:
+            plan["lanes"] = int(grid["lanes"])
+        # a caller may reserve more shared memory than the slices need, never less
+        plan["smem_bytes"] = max(plan["smem_bytes"], int(grid.get("smem_bytes", 0)))
+        if plan["lanes"] < 1 or plan["threads"] % plan["lanes"]:
+            raise PersistentUnavailable(
+                f"lanes must divide threads, got {plan['lanes']} and {plan['threads']}")
+    else:
+        threads = min(int(props["max_threads"]),
+                      SIM_THREADS if props.get("simulator") else THREADS)
+        plan = geometry(mode, D, B, H, P, G, storage, blocks, threads)
+    if plan["smem_bytes"] > props["max_shared_per_block"]:
+        raise PersistentUnavailable(
+            f"a grid of {blocks} blocks needs {plan['smem_bytes']} bytes of shared memory per "
+            f"block, the device allows {props['max_shared_per_block']}")
+    return plan, props
+
+
+def _prepare_cooperative(k, args, plan):
+    """Compile for ``args``, raise the dynamic shared-memory limit, and check that the grid can
+    be co-resident: a cooperative launch larger than that would fail or hang."""
+    argtypes = tuple(k.typeof_pyval(a) for a in args)
+    compiled = k.compile(argtypes)
+    smem = plan["smem_bytes"]
+    if smem > 48 * 1024:
+        try:
+            from numba.cuda.cudadrv.driver import binding, driver
+            cufunc = compiled._codelibrary.get_cufunc()
+            attr = binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+            driver.cuKernelSetAttribute(attr, smem, cufunc.handle, cufunc.device.id)
+        except Exception as e:  # noqa: BLE001 - any driver refusal means no launch
+            raise PersistentUnavailable(
+                f"cannot raise the kernel's dynamic shared memory to {smem} bytes: {e}") from e
+    limit = compiled.max_cooperative_grid_blocks(plan["threads"], smem)
+    if plan["blocks"] > limit:
+        raise PersistentUnavailable(
+            f"a cooperative grid of {plan['blocks']} blocks x {plan['threads']} threads with "
+            f"{smem} bytes of shared memory cannot be co-resident on this device (at most "
+            f"{limit} blocks)")
+
+
+def run_layer(mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts, peep, stream,
+              grid=None):
+    """Run one layer (both directions) over all time steps in one cooperative launch.
+
+    Arguments as ``kernels.cuda.run_layer`` (module docstring there): device arrays in the
+    storage dtype; ``xp`` (T, B, D*G*H), ``w_hh`` (D, G*H, P), ``b_hh`` (D, G*H), ``w_hr``
+    (D, P, H) or (0, 0, 0), ``h0`` (D, B, P), ``c0`` (D, B, H) (or (0, 0, 0) for cells without
+    one), ``lengths`` (B,) int64, ``out`` (T, B, D*P), ``h_n``, ``c_n`` like ``h0``, ``c0``,
+    ``opts`` (OPTS_SIZE,), ``peep`` (D, 3, H) or (0, 0, 0), ``stream`` a numba stream (or 0).
+
+    grid    None: plan with :func:`fits` on the current device; an int: that many blocks; or a
+            plan dict from :func:`fits`.
+    Returns the plan used. Raises :class:`PersistentUnavailable` when the launch cannot run
+    (weights too large, grid not co-resident, more than one block under the simulator).
+    """
+    D, GH, P = w_hh.shape
+    T, B, _ = xp.shape
+    G = cells.gate_count(mode)
+    H = GH // G
+    storage = _storage_name(w_hh.dtype)
+    plan, props = _plan_from(grid, mode, D, B, H, P, G, storage)
+    if props.get("simulator") and plan["blocks"] > 1:
+        raise PersistentUnavailable(
+            f"the CUDA simulator runs blocks one after another, so a grid barrier across "
+            f"{plan['blocks']} blocks cannot be simulated; use one block")
+    _, acc = _itemsizes(storage)
+    ws = cuda.device_array(workspace_size(D, B, H, P), dtype=np.float64 if acc == 8
+                           else np.float32, stream=stream)
+    k = kernel(storage)
+    args = (mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts, peep, ws,
+            plan["lanes"])
+    if not SIMULATOR:
+        _prepare_cooperative(k, args, plan)
+    k[plan["blocks"], plan["threads"], stream, plan["smem_bytes"]](*args)
+    return plan
