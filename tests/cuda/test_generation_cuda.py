@@ -205,3 +205,83 @@ def test_generate_kernel_many_threads(mode, rng):
     want, wh, _, wtok = ref_generate(layer, emb.weight[tok0], steps, h0, c0, head=head, emb=emb)
     np.testing.assert_array_equal(tokens, wtok)
     assert_close(out, want, "float64")
+
+
+def _cuda_layer(mode, I, H, L, proj=0, seed=0, bidirectional=False, batch_first=False):
+    kw = dict(num_layers=L, dtype="float64", backend="cuda", seed=seed, bidirectional=bidirectional,
+              batch_first=batch_first)
+    if mode == "LSTM":
+        return gpu_rnn.LSTM(I, H, proj_size=proj, **kw)
+    if mode == "GRU":
+        return gpu_rnn.GRU(I, H, **kw)
+    return gpu_rnn.RNN(I, H, nonlinearity="relu" if mode == "RNN_RELU" else "tanh", **kw)
+
+
+def needs_backend(f):
+    return f  # tiny shapes: they run under the simulator and on a GPU alike
+
+
+def host(a):
+    return a.copy_to_host() if hasattr(a, "copy_to_host") else (a.get() if hasattr(a, "get") else np.asarray(a))
+
+
+def on_device(a):
+    """The simulator's arrays do not carry ``__cuda_array_interface__``: there the library sees
+    host arrays (and still runs the CUDA backend, asked for by name); on a GPU they stay put."""
+    return hasattr(a, "__cuda_array_interface__")
+
+
+@needs_backend
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_many_to_one_device_input(mode, rng):
+    """Device x in -> device result out, equal to the reference's last valid outputs."""
+    if "cuda" not in gpu_rnn.available_backends():
+        pytest.skip("the CUDA backend is not available here")
+    T, B, I, H, V = 5, 3, 2, 4, 3
+    layer = _cuda_layer(mode, I, H, 1, bidirectional=True, batch_first=True, seed=20)
+    head = gpu_rnn.Linear(2 * H, V, dtype="float64", seed=21)
+    x = rng.standard_normal((B, T, I))
+    lengths = np.array([5, 1, 3])
+    xd = cuda.to_device(x)
+    y = gpu_rnn.many_to_one(layer, xd, lengths=lengths, head=head)
+    assert on_device(y) == on_device(xd)
+    out, _, _ = reference.forward(mode, np.swapaxes(x, 0, 1), layer.params(), np.zeros((2, B, H)),
+                                  np.zeros((2, B, H)), lengths, 2)
+    last = np.stack([np.concatenate([out[lengths[b] - 1, b, :H], out[0, b, H:]]) for b in range(B)])
+    assert_close(host(y), last @ head.weight.T + head.bias, "float64")
+
+
+@needs_backend
+def test_generate_device_input_stays_on_device(rng):
+    if "cuda" not in gpu_rnn.available_backends():
+        pytest.skip("the CUDA backend is not available here")
+    layer = _cuda_layer("GRU", 3, 3, 2, seed=22)
+    x0 = rng.standard_normal((2, 3))
+    h0 = rng.standard_normal((2, 2, 3))
+    xd = cuda.to_device(x0)
+    out, h = gpu_rnn.generate(layer, xd, 4, cuda.to_device(h0))
+    assert on_device(out) == on_device(xd) and on_device(h) == on_device(xd)
+    want, wh, _, _ = ref_generate(layer, x0, 4, h0, np.zeros((2, 2, 3)))
+    assert_close(host(out), want, "float64")
+    assert_close(host(h), wh, "float64")
+
+
+@needs_backend
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
+def test_step_streaming_on_cuda_matches_full_call(mode, rng):
+    """layer.step on device arrays, state passed back each step, equals the full call."""
+    if "cuda" not in gpu_rnn.available_backends():
+        pytest.skip("the CUDA backend is not available here")
+    T, B, I, H = 4, 2, 3, 5
+    layer = _cuda_layer(mode, I, H, 2, proj=3 if mode == "LSTM" else 0, seed=23)
+    x = rng.standard_normal((T, B, I))
+    full, full_state = layer(x)
+    state = None
+    for t in range(T):
+        xd = cuda.to_device(np.ascontiguousarray(x[t]))
+        y, state = layer.step(xd, state)
+        assert on_device(y) == on_device(xd)
+        assert_close(host(y), full[t], "float64")
+    h = state[0] if mode == "LSTM" else state
+    assert on_device(h) == on_device(xd)  # on a GPU the state stays on the device
+    assert_close(host(h), full_state[0] if mode == "LSTM" else full_state, "float64")
