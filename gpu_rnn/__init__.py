@@ -10,10 +10,14 @@ from .errors import (BackendUnavailableError, ConfigError, DeviceError, DTypeErr
                      ShapeError)
 from .heads import Embedding, Linear
 from .layers import GRU, LSTM, RNN
+from . import onnx
+from .io import load
+from .onnx_model import from_onnx
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "onnx", "from_onnx", "load",
     "RNN", "LSTM", "GRU", "Linear", "Embedding", "reference", "Plan", "generate", "many_to_one",
     "available_backends", "default_backend", "backend_status",
     "GpuRnnError", "ShapeError", "DTypeError", "ConfigError", "BackendUnavailableError", "DeviceError",

@@ -183,6 +183,11 @@ class RNNBase:
         self._version += 1
         return self
 
+    def save(self, path):
+        """Write config and weights to a safetensors file; ``gpu_rnn.load(path)`` reads it back."""
+        from .io import save
+        save(self, path)
+
     @classmethod
     def from_torch(cls, module, *, dtype=None, backend="auto"):
         """Build from a ``torch.nn.RNN/LSTM/GRU`` (torch is needed only by the caller)."""

@@ -24,7 +24,11 @@ Attributes: ``direction`` ("forward", "reverse", "bidirectional"), ``layout`` (0
 case-insensitive; one list for all directions or one per direction), ``activation_alpha`` and
 ``activation_beta``. As ONNX Runtime does, alphas and betas are consumed in order only by the
 activations that take them (Affine, LeakyRelu, ThresholdedRelu, ScaledTanh, HardSigmoid, Elu);
-missing ones take the defaults of the matching ONNX operators.
+missing ones take the defaults of the matching ONNX operators, as the specification says:
+LeakyRelu 0.01, ThresholdedRelu 1.0, HardSigmoid 0.2 and 0.5, Elu 1.0, Affine 1.0 and 0.0.
+ScaledTanh has no operator (nor defaults) in the specification: ONNX Runtime's 0.0 and 0.0.
+(ONNX Runtime itself uses 0.0 for every alpha and beta of Affine and ThresholdedRelu too; give
+them explicitly for the same results on both.)
 
 Where the specification is silent this follows ONNX Runtime: outputs past a sequence's length
 are 0, ``Y_h``/``Y_c`` hold each sequence's last valid step, the reverse direction starts at
@@ -53,7 +57,7 @@ ACTIVATIONS = {
     "Affine": (True, True, 1.0, 0.0),
     "LeakyRelu": (True, False, 0.01, 0.0),
     "ThresholdedRelu": (True, False, 1.0, 0.0),
-    "ScaledTanh": (True, True, 1.0, 1.0),
+    "ScaledTanh": (True, True, 0.0, 0.0),
     "HardSigmoid": (True, True, 0.2, 0.5),
     "Elu": (True, False, 1.0, 0.0),
     "Softsign": (False, False, 0.0, 0.0),
@@ -239,6 +243,20 @@ def torch_weights(op, W, R, Bias, d):
     return reorder(W[d]), reorder(R[d]), reorder(Bias[d, :GH]), reorder(Bias[d, GH:])
 
 
+def pack_activations(acts):
+    """``[(name, alpha, beta)]`` -> the attributes ``(activations, activation_alpha,
+    activation_beta)`` that :func:`normalize_attributes` reads back to the same list."""
+    names, alphas, betas = [], [], []
+    for name, a, b in acts:
+        names.append(name)
+        use_a, use_b = ACTIVATIONS[name][:2]
+        if use_a:
+            alphas.append(a)
+        if use_b:
+            betas.append(b)
+    return names, alphas, betas
+
+
 def cell_opts(op, cfg, acts, dtype):
     """The ``opts`` array (``kernels.cells.OPT_*`` layout) of one direction's options."""
     from .kernels import cells
@@ -253,62 +271,165 @@ def cell_opts(op, cfg, acts, dtype):
     return o
 
 
-def _layer_class(op):
-    from .layers import RNNBase
+class _ExtendedCell:
+    """Mixin of :class:`OnnxLSTM`, :class:`OnnxGRU`, :class:`OnnxRNN`: a one-layer layer with
+    PyTorch's call, shapes and weight names that runs the ONNX cell with its options."""
 
-    class OnnxCell(RNNBase):
-        """A single-layer recurrent layer running an extended (ONNX) cell."""
+    _op = None
 
-        def _reset_parameters(self, seed):
+    def _init_cell(self, clip, activations, activation_alpha, activation_beta, **extra):
+        from .kernels import cells
+        attrs = {k: v for k, v in dict(clip=clip, activations=activations, activation_alpha=activation_alpha,
+                                       activation_beta=activation_beta, **extra).items() if v is not None}
+        attrs["direction"] = "bidirectional" if self.bidirectional else "forward"
+        cfg = normalize_attributes(self._op, attrs)
+        acts = cfg["activations"]
+        if len(acts) == 2 and acts[0] != acts[1]:
+            raise ConfigError(f"{type(self).__name__}: both directions must use the same activations, got "
+                              f"{acts[0]} and {acts[1]} (gpu_rnn.onnx.{self._op} runs them apart)")
+        self.clip = cfg["clip"]
+        self.input_forget = cfg["input_forget"]
+        self.linear_before_reset = cfg["linear_before_reset"]
+        # the ONNX form: alphas and betas only of the activations that take them, in order
+        self.activations, self.activation_alpha, self.activation_beta = pack_activations(acts[0])
+        self.cell_mode = cells.MODES[OPS[self._op][0]]
+        self.cell_opts = cell_opts(self._op, cfg, acts[0], self.param_dtype)
+
+    def _reset_parameters(self, seed):
+        if self.__dict__.get("_skip_init"):
             self._params = {}
+            return
+        super()._reset_parameters(seed)
 
-    OnnxCell.__name__ = f"Onnx{op}"
-    return OnnxCell
+    def cell_config(self):
+        """The cell options as keyword arguments of the constructor."""
+        cfg = dict(clip=self.clip, activations=list(self.activations),
+                   activation_alpha=list(self.activation_alpha), activation_beta=list(self.activation_beta))
+        if self._op == "LSTM":
+            cfg["input_forget"] = self.input_forget
+        if self._op == "GRU":
+            cfg["linear_before_reset"] = self.linear_before_reset
+        return cfg
+
+    def _run(self, x, hx, lengths, backend):
+        be, name, _, _ = dispatch.resolve(backend, self.backend, False)
+        ok = getattr(be, "extended_cells", name == "cpu")
+        lbr0 = self._op == "GRU" and not self.linear_before_reset
+        if ok and lbr0:
+            ok = getattr(be, "gru_lbr0", name == "cpu")
+        if not ok:
+            what = "linear_before_reset=0" if lbr0 and getattr(be, "extended_cells", False) else "the ONNX cell options"
+            warnings.warn(f"{type(self).__name__}: backend {name!r} does not run {what}; running on 'cpu'",
+                          RuntimeWarning, stacklevel=3)
+            backend = "cpu"
+        return super()._run(x, hx, lengths, backend)
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        for k, v in self.cell_config().items():
+            s += f", {k}={v!r}"
+        return s
+
+
+def _define():
+    from .layers import GRU, LSTM, RNN
+
+    class OnnxLSTM(_ExtendedCell, LSTM):
+        """LSTM with the ONNX options: peepholes (``peephole_l0[_reverse]``, (3, H), order i, o, f),
+        ``clip``, ``input_forget`` and activations f, g, h. One layer; PyTorch gate order and call."""
+
+        _op = "LSTM"
+
+        def __init__(self, input_size, hidden_size, bias=True, batch_first=False, bidirectional=False, *,
+                     clip=None, input_forget=0, activations=None, activation_alpha=None, activation_beta=None,
+                     dtype="float32", backend="auto", seed=None):
+            LSTM.__init__(self, input_size, hidden_size, 1, bias, batch_first, bidirectional,
+                          dtype=dtype, backend=backend, seed=seed)
+            self._init_cell(clip, activations, activation_alpha, activation_beta, input_forget=input_forget)
+
+        def _param_shapes(self):
+            shapes = super()._param_shapes()
+            for d in range(self.num_directions):
+                shapes["peephole_l0" + ("_reverse" if d else "")] = (3, self.hidden_size)
+            return shapes
+
+        @property
+        def cell_peepholes(self):
+            return [self._params["peephole_l0" + ("_reverse" if d else "")] for d in range(self.num_directions)]
+
+    class OnnxGRU(_ExtendedCell, GRU):
+        """GRU with the ONNX options: ``linear_before_reset`` (0: the reset gate scales h before
+        the recurrent matmul), ``clip`` and activations f, g. One layer; PyTorch gate order and call."""
+
+        _op = "GRU"
+
+        def __init__(self, input_size, hidden_size, bias=True, batch_first=False, bidirectional=False, *,
+                     linear_before_reset=0, clip=None, activations=None, activation_alpha=None,
+                     activation_beta=None, dtype="float32", backend="auto", seed=None):
+            GRU.__init__(self, input_size, hidden_size, 1, bias, batch_first, bidirectional,
+                         dtype=dtype, backend=backend, seed=seed)
+            self._init_cell(clip, activations, activation_alpha, activation_beta,
+                            linear_before_reset=linear_before_reset)
+
+    class OnnxRNN(_ExtendedCell, RNN):
+        """Elman RNN with the ONNX options: ``clip`` and any activation f. One layer."""
+
+        _op = "RNN"
+
+        def __init__(self, input_size, hidden_size, bias=True, batch_first=False, bidirectional=False, *,
+                     clip=None, activations=None, activation_alpha=None, activation_beta=None,
+                     dtype="float32", backend="auto", seed=None):
+            RNN.__init__(self, input_size, hidden_size, 1, "tanh", bias, batch_first, bidirectional,
+                         dtype=dtype, backend=backend, seed=seed)
+            self._init_cell(clip, activations, activation_alpha, activation_beta)
+
+    return {"LSTM": OnnxLSTM, "GRU": OnnxGRU, "RNN": OnnxRNN}
 
 
 _CLASSES = {}
 
 
+def __getattr__(name):
+    # the layer classes are defined on first use, so gpu_rnn.onnx imports without gpu_rnn.layers
+    if name in ("OnnxLSTM", "OnnxGRU", "OnnxRNN"):
+        if not _CLASSES:
+            _CLASSES.update(_define())
+        return _CLASSES[name[4:]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def layer_class(op):
+    """:class:`OnnxLSTM`, :class:`OnnxGRU` or :class:`OnnxRNN`."""
+    return __getattr__("Onnx" + op)
+
+
 def make_layer(op, cfg, arrays, dirs, acts, backend=None):
-    """A layer-like object holding directions ``dirs`` of the operator's weights, which the
-    backends run through the usual call path (``cell_mode``, ``cell_opts``, ``cell_peepholes``)."""
-    from .kernels import cells
-    from .layers import RNNBase
-    kmode, lmode, _, _, _ = OPS[op]
-    cls = _CLASSES.get(op) or _CLASSES.setdefault(op, _layer_class(op))
+    """An ``Onnx*`` layer holding directions ``dirs`` of an operator's weights, built without
+    drawing random weights."""
+    cls = layer_class(op)
     dt = arrays["X"].dtype
     layer = cls.__new__(cls)
-    RNNBase.__init__(layer, lmode, cfg["I"], cfg["H"], 1, True, False, len(dirs) == 2, 0,
-                     dtype=dt.name, backend=backend)
+    layer._skip_init = True
+    names, alphas, betas = pack_activations(acts)
+    kw = dict(dtype=dt.name, backend=backend, clip=cfg["clip"], activations=names,
+              activation_alpha=alphas, activation_beta=betas)
+    if op == "LSTM":
+        kw["input_forget"] = cfg["input_forget"]
+    if op == "GRU":
+        kw["linear_before_reset"] = cfg["linear_before_reset"]
+    layer.__init__(cfg["I"], cfg["H"], True, False, len(dirs) == 2, **kw)
+    del layer._skip_init
     params = {}
     for k, d in enumerate(dirs):
         sfx = "_l0" + ("_reverse" if k == 1 else "")
         w_ih, w_hh, b_ih, b_hh = torch_weights(op, arrays["W"], arrays["R"], arrays["Bias"], d)
         params.update({"weight_ih" + sfx: w_ih, "weight_hh" + sfx: w_hh,
                        "bias_ih" + sfx: b_ih, "bias_hh" + sfx: b_hh})
+        if op == "LSTM":
+            params["peephole" + sfx] = np.ascontiguousarray(arrays["P"][d].reshape(3, cfg["H"]))
     layer._params = params
     layer._version += 1
-    layer.cell_mode = cells.MODES[kmode]
-    layer.cell_opts = cell_opts(op, cfg, acts, dt)
-    layer.cell_peepholes = None
-    if op == "LSTM":
-        H = cfg["H"]
-        layer.cell_peepholes = [np.ascontiguousarray(arrays["P"][d].reshape(3, H)) for d in dirs]
     return layer
-
-
-def _backend_for(layer, op, cfg, backend):
-    """The backend to run on: the one asked for, unless it cannot run this cell."""
-    be, name, variant, why = dispatch.resolve(backend, None, False)
-    ok = getattr(be, "extended_cells", name == "cpu")
-    if ok and op == "GRU" and not cfg["linear_before_reset"]:
-        ok = getattr(be, "gru_lbr0", name == "cpu")
-    if ok:
-        return backend
-    what = "linear_before_reset=0" if op == "GRU" and getattr(be, "extended_cells", False) else "the ONNX cell options"
-    warnings.warn(f"gpu_rnn.onnx.{op}: backend {name!r} does not run {what}; running on 'cpu'",
-                  RuntimeWarning, stacklevel=3)
-    return "cpu"
 
 
 def _flip(x, lens):
@@ -340,11 +461,10 @@ def run(op, X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None,
         groups = [([d], d == 1) for d in range(D)]
     for dirs, reverse in groups:
         layer = make_layer(op, cfg, a, dirs, acts[dirs[0]], backend)
-        be = _backend_for(layer, op, cfg, backend)
         xin = _flip(x, run_lens) if reverse else x
         h0 = np.ascontiguousarray(a["h0"][dirs])
         hx = (h0, np.ascontiguousarray(a["c0"][dirs])) if lstm else h0
-        out, h_n, c_n = layer._run(xin, hx, run_lens, be)
+        out, h_n, c_n = layer._run(xin, hx, run_lens, backend)
         out = np.asarray(out).reshape(T, Bn, len(dirs), H)
         if reverse:
             out = _flip(out, run_lens)
@@ -368,6 +488,13 @@ def run(op, X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None,
     return (Y, Y_h, Y_c) if lstm else (Y, Y_h)
 
 
+def _no_lstm_inputs(op, attributes):
+    extra = [k for k in ("initial_c", "P") if k in attributes]
+    if extra:
+        raise ConfigError(f"{op}: the inputs {extra} belong to an LSTM; an ONNX {op} takes "
+                          "X, W, R, B, sequence_lens, initial_h")
+
+
 def LSTM(X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None, *, backend=None,
          **attributes):
     """The ONNX ``LSTM`` operator -> ``(Y, Y_h, Y_c)``. See the module docstring."""
@@ -376,9 +503,11 @@ def LSTM(X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=
 
 def GRU(X, W, R, B=None, sequence_lens=None, initial_h=None, *, backend=None, **attributes):
     """The ONNX ``GRU`` operator -> ``(Y, Y_h)``. See the module docstring."""
+    _no_lstm_inputs("GRU", attributes)
     return run("GRU", X, W, R, B, sequence_lens, initial_h, backend=backend, **attributes)
 
 
 def RNN(X, W, R, B=None, sequence_lens=None, initial_h=None, *, backend=None, **attributes):
     """The ONNX ``RNN`` operator -> ``(Y, Y_h)``. See the module docstring."""
+    _no_lstm_inputs("RNN", attributes)
     return run("RNN", X, W, R, B, sequence_lens, initial_h, backend=backend, **attributes)

@@ -39,7 +39,7 @@ def act(name, x, alpha, beta):
         if name == "Elu":
             return np.where(x >= 0, x, alpha * np.expm1(np.minimum(x, 0.0)))
         if name == "Softsign":
-            return x / (1.0 + np.abs(x))
+            return np.where(np.isinf(x), np.sign(x), x / (1.0 + np.abs(x)))
         if name == "Softplus":
             return np.logaddexp(0.0, x)
     raise ValueError(f"unknown activation {name!r}")
