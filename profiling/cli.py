@@ -50,7 +50,7 @@ DTYPES = ("float32", "float64", "float16", "bfloat16")
 SUMMARY_FIELDS = ["impl", "backend", "cell", "B", "T", "I", "H", "P", "L", "D", "dtype", "lengths",
                   "median_us", "p10_us", "p90_us", "per_step_us", "spread", "n", "first_call_s",
                   "flops", "bytes", "gflops_per_s", "gbytes_per_s", "intensity", "fraction", "bound",
-                  "speedup_vs_best_baseline", "device", "plan", "notes", "command"]
+                  "speedup_vs_best_baseline", "device", "plan", "notes", "date", "command"]
 PHASE_FIELDS = ["impl", "cell", "B", "T", "I", "H", "P", "L", "D", "dtype", "lengths", "phase", "name",
                 "layer", "direction", "median_s", "p10_s", "p90_s", "min_s", "spread", "n", "per_step_us",
                 "flops", "bytes", "bytes_stream", "flops_per_s", "bytes_per_s", "intensity",
@@ -318,7 +318,7 @@ def _host(a):
     return np.asarray(a)
 
 
-def summary_row(impl, rep, best_baseline_s, command):
+def summary_row(impl, rep, best_baseline_s, command, date=""):
     c = rep.config
     f = rep.forward
     r = f.roof
@@ -332,7 +332,7 @@ def summary_row(impl, rep, best_baseline_s, command):
             "fraction": r.get("fraction", math.nan), "bound": r.get("bound", ""),
             "speedup_vs_best_baseline": (best_baseline_s / f.median) if best_baseline_s else math.nan,
             "device": rep.ceilings.device, "plan": rep.plan.splitlines()[0] if rep.plan else "",
-            "notes": "; ".join(rep.notes), "command": command}
+            "notes": "; ".join(rep.notes), "date": date, "command": command}
 
 
 def _fmt(v, spec):
@@ -414,6 +414,7 @@ def main(argv=None):
         except ImportError:
             progress = None
     t_start = time.time()
+    date = time.strftime("%Y-%m-%d", time.gmtime(t_start))
     summary, phases, reports_json, baseline_skips = [], [], [], {}
     try:
         for c in cfgs:
@@ -426,7 +427,7 @@ def main(argv=None):
             best = min(base_times) if base_times else None
             for impl, rep in reps.items():
                 name = impl if impl != "gpu_rnn" else f"gpu_rnn:{rep.backend}"
-                summary.append(summary_row(name, rep, best if impl == "gpu_rnn" else None, command))
+                summary.append(summary_row(name, rep, best if impl == "gpu_rnn" else None, command, date))
                 if impl == "gpu_rnn":
                     for row in rep.rows(name):
                         if row["phase"] != "forward":

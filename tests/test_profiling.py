@@ -345,3 +345,48 @@ def test_cli_config_files(tmp_path):
         resolve_settings(build_parser().parse_args(["--config", str(bad)]))
     with pytest.raises(UsageError, match="no such file"):
         resolve_settings(build_parser().parse_args(["--config", str(tmp_path / "none.toml")]))
+
+
+# -- BENCHMARKS.md rendering ------------------------------------------------------------------------
+RENDER = os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "render_benchmarks.py")
+
+
+def _render(*args):
+    return subprocess.run([sys.executable, RENDER, *map(str, args)], capture_output=True, text=True, timeout=60)
+
+
+def test_render_benchmarks_fills_marked_blocks_only(tmp_path):
+    from gpu_rnn.profiling.cli import SUMMARY_FIELDS
+    rows = []
+    for impl, us in (("gpu_rnn:cpu", 12.5), ("torch", 25.0), ("onnxruntime", 20.0)):
+        for B in (1, 16):
+            r = {k: "" for k in SUMMARY_FIELDS}
+            r.update(impl=impl, cell="lstm", B=B, T=100, I=64, H=64, P=0, L=1, D=1, dtype="float32",
+                     lengths=False, per_step_us=us * B, fraction=0.25 if impl.startswith("gpu") else "",
+                     speedup_vs_best_baseline=1.6 if impl.startswith("gpu") else "",
+                     device="cpu: test", date="2026-01-02", command="python -m gpu_rnn.profiling --batch 1,16")
+            rows.append(r)
+    path = tmp_path / "summary.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    other = tmp_path / "other.csv"
+    other.write_text("shape,us\nB=1,3.25\nB=2,4.5\n")
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n\nprose above\n\n<!-- BEGIN prof -->\nstale\n<!-- END prof -->\n\nprose below\n")
+    assert _render("--check", md, f"prof={path}").returncode == 1
+    p = _render(md, f"prof={path}", f"plain={other}:us")
+    assert p.returncode == 0, p.stderr
+    text = md.read_text()
+    assert text.startswith("# Benchmarks\n\nprose above\n\n<!-- BEGIN prof -->\n")
+    assert "stale" not in text and "prose below" in text
+    assert "| lstm | 1 | 64 | 12.5 | 25.0 | 20.0 | 1.60 | 25.0 | 2,4,6 |" in text
+    assert "| lstm | 16 | 64 | 200 | 400 | 320 | 1.60 | 25.0 | 3,5,7 |" in text
+    assert "Command: `python -m gpu_rnn.profiling --batch 1,16`" in text and "measured 2026-01-02" in text
+    assert text.rstrip().endswith("<!-- END plain -->") and "| 3.25 | 2 |" in text
+    assert _render("--check", md, f"prof={path}", f"plain={other}:us").returncode == 0
+    assert _render(md, f"prof={path}", f"plain={other}:us").returncode == 0
+    assert md.read_text() == text
+    bad = _render(md, f"prof={tmp_path / 'missing.csv'}")
+    assert bad.returncode != 0 and "no such CSV" in bad.stderr
