@@ -62,17 +62,15 @@ def _cpu_layer_key(name, reverse_index):
     return key
 
 
-def _cuda_gemm_key(state, args, kwargs):
-    i = state.setdefault("gemm", 0)
-    state["gemm"] = i + 1
-    return "input_gemm", i, None, kwargs.get("stream")
-
-
-def _cuda_layer_key(state, args, kwargs):
-    i = state.setdefault("layer", 0)
-    state["layer"] = i + 1
-    stream = args[13] if len(args) > 13 else kwargs.get("stream")
-    return "recurrence", i, None, stream
+def _cuda_key(name, stream_index, counter):
+    """Key function of a CUDA entry point that serves one whole layer (both directions in the same
+    launches), whose stream is positional argument ``stream_index``; the layer is counted."""
+    def key(state, args, kwargs):
+        i = state.setdefault(counter, 0)
+        state[counter] = i + 1
+        stream = args[stream_index] if len(args) > stream_index else kwargs.get("stream")
+        return name, i, None, stream
+    return key
 
 
 #: backend -> [(module, function name, key function)]: the kernel entry points wrapped as phases.
@@ -81,9 +79,10 @@ KERNEL_HOOKS = {
     "cpu": [("gpu_rnn.kernels.cpu.recurrence", "_project", _cpu_project_key),
             ("gpu_rnn.kernels.cpu.recurrence", "recur", _cpu_layer_key("recurrence", 8)),
             ("gpu_rnn.kernels.cpu.fast", "run_layer", _cpu_layer_key("layer", 9))],
-    "cuda": [("gpu_rnn.kernels.cuda.gemm", "project", _cuda_gemm_key),
-             ("gpu_rnn.kernels.cuda.stepwise", "run_layer", _cuda_layer_key),
-             ("gpu_rnn.kernels.cuda.persistent", "run_layer", _cuda_layer_key)],
+    "cuda": [("gpu_rnn.kernels.cuda.gemm", "gemm_bias", _cuda_key("input_gemm", 5, "gemm")),
+             ("gpu_rnn.backends.cuda", "_cublas_project", _cuda_key("input_gemm", 5, "gemm")),
+             ("gpu_rnn.kernels.cuda.stepwise", "run_layer", _cuda_key("recurrence", 13, "layer")),
+             ("gpu_rnn.kernels.cuda.persistent", "run_layer", _cuda_key("recurrence", 13, "layer"))],
 }
 
 
