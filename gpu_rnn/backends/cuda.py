@@ -89,7 +89,7 @@ class CudaBackend:
 
     def _persistent_fits(self, layer, call, cells):
         try:
-            from ..kernels.cuda import persistent
+            persistent = _persistent_module()
         except Exception as e:  # noqa: BLE001 - a missing or broken module is a reason, not a crash
             return None, f"kernels.cuda.persistent cannot be imported ({type(e).__name__}: {e})"
         try:
@@ -186,8 +186,7 @@ class CudaBackend:
                         h_n[sl], c_n[sl], extra["opts"], extra["peep"], stream)
                 if variant == "persistent":
                     try:
-                        from ..kernels.cuda import persistent
-                        persistent.run_layer(*args)
+                        _persistent_module().run_layer(*args)
                     except Exception as e:  # noqa: BLE001 - fall back loudly, never silently wrong
                         warnings.warn(f"persistent CUDA kernel failed ({type(e).__name__}: {e}); "
                                       "running the stepwise kernel", RuntimeWarning, stacklevel=3)
@@ -230,6 +229,11 @@ class CudaBackend:
         gemm.gemm_bias(x, w_ih, b_ih, xp, batch_first, stream)
 
 
+def _persistent_module():
+    import importlib
+    return importlib.import_module("gpu_rnn.kernels.cuda.persistent")
+
+
 def _device_id():
     if _simulator():
         return -1
@@ -257,7 +261,8 @@ def _wrap_device(a, storage, stream=None):
         if storage == "bfloat16":
             arr = arr.view(np.uint16)
     else:
-        arr = cuda.as_cuda_array(a)
+        # a numba device array (real or simulated) is used as it is; others are wrapped once
+        arr = a if hasattr(a, "__cuda_ndarray__") else cuda.as_cuda_array(a)
         if not arr.is_c_contiguous():
             raise DTypeError(f"device arrays must be C-contiguous, got strides {arr.strides} for shape {arr.shape}")
     if stream is None:
