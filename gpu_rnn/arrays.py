@@ -16,8 +16,9 @@ HOST_DTYPES = ("float32", "float64")
 
 
 def is_device_array(a):
-    """True for CuPy arrays, torch CUDA tensors, numba device arrays and the like."""
-    return hasattr(a, "__cuda_array_interface__")
+    """True for CuPy arrays, torch CUDA tensors, numba device arrays and the like (numba's
+    simulator arrays, which carry ``__cuda_ndarray__`` only, included)."""
+    return hasattr(a, "__cuda_array_interface__") or hasattr(a, "__cuda_ndarray__")
 
 
 def is_torch_tensor(a):
