@@ -281,12 +281,10 @@ class _ExtendedCell:
         from .kernels import cells
         attrs = {k: v for k, v in dict(clip=clip, activations=activations, activation_alpha=activation_alpha,
                                        activation_beta=activation_beta, **extra).items() if v is not None}
-        attrs["direction"] = "bidirectional" if self.bidirectional else "forward"
+        # one list of activations serves both directions (gpu_rnn.onnx runs differing ones apart)
+        attrs["direction"] = "forward"
         cfg = normalize_attributes(self._op, attrs)
         acts = cfg["activations"]
-        if len(acts) == 2 and acts[0] != acts[1]:
-            raise ConfigError(f"{type(self).__name__}: both directions must use the same activations, got "
-                              f"{acts[0]} and {acts[1]} (gpu_rnn.onnx.{self._op} runs them apart)")
         self.clip = cfg["clip"]
         self.input_forget = cfg["input_forget"]
         self.linear_before_reset = cfg["linear_before_reset"]
