@@ -201,6 +201,28 @@ def test_profile_without_hooks_times_the_whole_call(rng, monkeypatch):
     assert len(rep.forward.times) == 2
 
 
+def test_nvtx_ranges_name_each_phase(rng, monkeypatch):
+    import contextlib
+    from gpu_rnn.profiling import profile, timing
+    seen = []
+
+    class FakeNvtx:
+        @staticmethod
+        @contextlib.contextmanager
+        def annotate(message, color=None, domain=None):
+            seen.append((message, domain))
+            yield
+
+    monkeypatch.setattr(timing, "_nvtx", FakeNvtx)
+    layer = gpu_rnn.GRU(3, 4, bidirectional=True, seed=0)
+    x = rng.standard_normal((2, 2, 3)).astype(np.float32)
+    rep = profile(layer, x, backend="cpu", repeats=2, warmup=0, quick=True)
+    labels = {m for m, _ in seen}
+    assert "forward" in labels and all(d == "gpu_rnn" for _, d in seen)
+    assert {p.label for p in rep.phases} <= labels and len(rep.phases) >= 2
+    assert not any("nvtx" in n for n in rep.notes)
+
+
 def test_profile_rejects_bad_arguments(rng):
     from gpu_rnn.profiling import profile
     layer = gpu_rnn.RNN(3, 4, seed=0)
@@ -390,3 +412,12 @@ def test_render_benchmarks_fills_marked_blocks_only(tmp_path):
     assert md.read_text() == text
     bad = _render(md, f"prof={tmp_path / 'missing.csv'}")
     assert bad.returncode != 0 and "no such CSV" in bad.stderr
+
+
+def test_gpu_rnn_profile_subcommand_reaches_the_harness(tmp_path, capsys):
+    cli = pytest.importorskip("gpu_rnn.cli")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["profile", "--cell", "transformer", "--out", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "gpu-rnn profile" in err and "--cell" in err
