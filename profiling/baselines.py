@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from . import models
-from .core import PhaseReport, Report, _config
+from .core import PhaseReport, Report, _config, budget_repeats
 from .timing import Recorder, nvtx_range
 
 NAMES = ("torch", "onnxruntime")
@@ -190,20 +190,25 @@ def runner(name, layer, x, lengths=None, device="cpu"):
 
 
 def profile_baseline(name, layer, x, *, lengths=None, device="cpu", repeats=20, warmup=3, ceilings,
-                     reference=None, prepared=None):
+                     reference=None, prepared=None, budget_s=None):
     """Time baseline ``name`` on the same call as gpu_rnn; returns a :class:`Report` with one
     ``forward`` phase (the library's whole call) costed by the same model.
 
     reference  gpu_rnn's output for this call, as NumPy: the baseline's output is compared with it
     prepared  a ``runner(...)`` tuple to reuse (sessions and modules are built once per config)
+    budget_s  as :func:`gpu_rnn.profiling.profile`
     """
     run, to_np, clock, label = prepared or runner(name, layer, x, lengths, device)
     t0 = time.perf_counter()
     out = run()
     clock.sync()
     first = time.perf_counter() - t0
+    notes = [label]
+    t0 = time.perf_counter()
     for _ in range(warmup):
         run()
+    clock.sync()
+    repeats = budget_repeats(repeats, warmup, time.perf_counter() - t0, budget_s, notes)
     times = []
     for _ in range(repeats):
         rec = Recorder(clock)
@@ -217,7 +222,6 @@ def profile_baseline(name, layer, x, *, lengths=None, device="cpu", repeats=20, 
     cost = models.forward(shape, stacked=False)
     p = PhaseReport("forward", None, None, times, cost)
     p.roof = models.roofline(cost, p.median, ceilings.peak(layer.dtype), ceilings.bandwidth)
-    notes = [label]
     if reference is not None:
         got = to_np(out).astype(np.float64)
         ref = np.asarray(reference, np.float64)

@@ -35,11 +35,11 @@ import numpy as np
 DEFAULTS = {
     "cell": ["lstm"], "batch": [1, 16, 64], "seq_len": [100], "input_size": [0], "hidden": [64, 256],
     "layers": [1], "bidirectional": [False], "proj_size": [0], "dtype": ["float32"], "backend": ["auto"],
-    "compare": [], "repeats": 20, "warmup": 3, "rounds": 3, "lengths": False,
+    "compare": [], "repeats": 20, "warmup": 3, "rounds": 3, "lengths": False, "budget": 0.0,
 }
 QUICK = {
     "cell": ["lstm", "gru", "rnn"], "batch": [1, 8], "seq_len": [16], "hidden": [32, 64],
-    "repeats": 6, "warmup": 1, "rounds": 2,
+    "repeats": 6, "warmup": 1, "rounds": 2, "budget": 0.5,
 }
 LIST_KEYS = ("cell", "batch", "seq_len", "input_size", "hidden", "layers", "bidirectional", "proj_size",
              "dtype", "backend", "compare")
@@ -151,6 +151,8 @@ def build_parser():
     p.add_argument("--repeats", help="measured calls per implementation and configuration [20]")
     p.add_argument("--warmup", help="discarded calls after the first [3]")
     p.add_argument("--rounds", help="split the repeats in rounds, implementations interleaved [3]")
+    p.add_argument("--budget", help="seconds per configuration, implementation and round: fewer "
+                   "repeats (never under 3) for slow calls; 0 for none [0; --quick 0.5]")
     p.add_argument("--quick", action="store_true",
                    help="a small sweep (lstm,gru,rnn; B 1,8; T 16; H 32,64) in under a minute on a CPU")
     p.add_argument("--out", "-o", default="profile-results", help="directory for CSV, JSON and PNG files")
@@ -211,6 +213,12 @@ def resolve_settings(args):
         if isinstance(v, bool) or iv < lo or float(v) != iv:
             raise UsageError(f"--{key} takes an integer >= {lo}, got {v!r}")
         s[key] = iv
+    try:
+        s["budget"] = float(s["budget"])
+    except (TypeError, ValueError):
+        raise UsageError(f"--budget takes seconds >= 0, got {s['budget']!r}") from None
+    if not s["budget"] >= 0 or math.isinf(s["budget"]):
+        raise UsageError(f"--budget takes seconds >= 0, got {s['budget']!r}")
     s["rounds"] = min(s["rounds"], s["repeats"])
     s["lengths"] = bool(s["lengths"])
     return s
@@ -286,7 +294,8 @@ def run_config(c, s, progress=None, seed=0):
                 continue
             if impl == "gpu_rnn":
                 rep = profile(layer, x, lengths=lengths, backend=backend, repeats=n,
-                              warmup=s["warmup"] if r == 0 else 1, ceilings=ceil)
+                              warmup=s["warmup"] if r == 0 else 1, ceilings=ceil,
+                              budget_s=s["budget"] or None)
                 if ref is None:
                     out = layer(x, lengths=lengths, backend=backend)[0]
                     ref = out if isinstance(out, np.ndarray) else _host(out)
@@ -298,7 +307,8 @@ def run_config(c, s, progress=None, seed=0):
                         prepared[impl] = baselines.runner(impl, layer, x, lengths, device)
                     rep = baselines.profile_baseline(impl, layer, x, lengths=lengths, device=device,
                                                      repeats=n, warmup=s["warmup"] if r == 0 else 1,
-                                                     ceilings=ceil, reference=ref, prepared=prepared[impl])
+                                                     ceilings=ceil, reference=ref, prepared=prepared[impl],
+                                                     budget_s=s["budget"] or None)
                 except baselines.Unavailable as e:
                     skipped[impl] = str(e)
                     if progress:

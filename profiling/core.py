@@ -259,6 +259,20 @@ class Report:
 
 
 # -- profile --------------------------------------------------------------------------------------
+def budget_repeats(repeats, warmup, warmup_s, budget_s, notes):
+    """``repeats`` cut to fit ``budget_s`` seconds, judged from ``warmup`` calls that took
+    ``warmup_s``; never below 3 (nor above the request)."""
+    if not budget_s or warmup < 1:
+        return repeats
+    per_call = warmup_s / warmup
+    if per_call * repeats <= budget_s:
+        return repeats
+    n = max(min(3, repeats), int(budget_s / per_call) if per_call > 0 else repeats)
+    if n < repeats:
+        notes.append(f"repeats cut from {repeats} to {n} to fit {budget_s:g} s ({per_call * 1e3:.1f} ms per call)")
+    return min(n, repeats)
+
+
 def _config(layer, T, B, lengths, backend_name):
     cell = {"RNN_TANH": "rnn", "RNN_RELU": "rnn_relu", "LSTM": "lstm", "GRU": "gru"}[layer.mode]
     return {"cell": cell, "B": B, "T": T, "I": layer.input_size, "H": layer.hidden_size,
@@ -313,7 +327,7 @@ def _accepts_phase(fn):
 
 
 def profile(layer, x, hx=None, *, lengths=None, backend=None, head=None, repeats=20, warmup=3,
-            ceilings=None, quick=False):
+            ceilings=None, quick=False, budget_s=None):
     """Time ``layer(x, hx, lengths=lengths, backend=backend)`` phase by phase.
 
     layer     a gpu_rnn ``RNN``, ``LSTM`` or ``GRU``
@@ -326,6 +340,8 @@ def profile(layer, x, hx=None, *, lengths=None, backend=None, head=None, repeats
     repeats   measured calls (>= 1); ``warmup`` discarded calls after the first (>= 0)
     ceilings  a :class:`~gpu_rnn.profiling.ceilings.Ceilings` to use, else measured (once per
               process and device; ``quick`` measures on smaller problems)
+    budget_s  when set, fewer repeats (never under 3) if the warm-up calls say that ``repeats``
+              calls would take longer than this; the report notes it
     Returns a :class:`Report`.
     """
     from gpu_rnn.errors import ConfigError
@@ -421,9 +437,11 @@ def profile(layer, x, hx=None, *, lengths=None, backend=None, head=None, repeats
     res = call(None, {})
     clock.sync()
     first = time.perf_counter() - t0
+    t0 = time.perf_counter()
     for _ in range(warmup):
         call(None, {})
     clock.sync()
+    repeats = budget_repeats(repeats, warmup, time.perf_counter() - t0, budget_s, notes)
 
     samples = []
     hooked = False

@@ -223,6 +223,17 @@ def test_nvtx_ranges_name_each_phase(rng, monkeypatch):
     assert not any("nvtx" in n for n in rep.notes)
 
 
+def test_budget_cuts_repeats_never_below_three():
+    from gpu_rnn.profiling.core import budget_repeats
+    notes = []
+    assert budget_repeats(20, 2, 0.2, None, notes) == 20  # no budget
+    assert budget_repeats(20, 2, 0.2, 5.0, notes) == 20 and not notes  # 20 x 0.1 s fits
+    assert budget_repeats(20, 2, 0.2, 1.0, notes) == 10 and "cut from 20 to 10" in notes[0]
+    assert budget_repeats(20, 1, 10.0, 1.0, []) == 3
+    assert budget_repeats(2, 1, 10.0, 1.0, []) == 2
+    assert budget_repeats(20, 0, 0.0, 1.0, []) == 20  # nothing to judge by
+
+
 def test_profile_rejects_bad_arguments(rng):
     from gpu_rnn.profiling import profile
     layer = gpu_rnn.RNN(3, 4, seed=0)
@@ -336,6 +347,7 @@ def _have(mod):
     (["--compare", "tensorflow"], "--compare"),
     (["--repeats", "0"], "--repeats"),
     (["--bidirectional", "maybe"], "--bidirectional"),
+    (["--budget", "-1"], "--budget"),
     (["--cell", "gru", "--proj-size", "2"], "empty"),
 ])
 def test_cli_rejects_nonsense(args, words, tmp_path, capsys):
