@@ -23,6 +23,7 @@ if SIMULATOR:  # one Python thread per CUDA thread: keep blocks tiny
     BM, BN, BK, TM, TN = 8, 8, 4, 2, 2
     NTX, NTY = BN // TN, BM // TM
 NTHR = NTX * NTY
+BM1, BN1 = BM + 1, BN + 1   # padded rows (shared-memory bank conflicts)
 
 
 @cuda.jit(cache=True)
@@ -37,8 +38,8 @@ def _gemm_bias(x, w, bias, xp, batch_first):
     tid = ty * NTX + tx
     m0 = cuda.blockIdx.y * BM
     n0 = cuda.blockIdx.x * BN
-    sa = cuda.shared.array((BK, BM + 1), x.dtype)
-    sb = cuda.shared.array((BK, BN + 1), w.dtype)
+    sa = cuda.shared.array((BK, BM1), x.dtype)
+    sb = cuda.shared.array((BK, BN1), w.dtype)
     acc = cuda.local.array((TM, TN), cdtype(xp))
     av = cuda.local.array(TM, cdtype(xp))
     bv = cuda.local.array(TN, cdtype(xp))

@@ -26,6 +26,8 @@ TJ, KT, RB, TBY = 32, 32, 4, 8   # units per block, k-slice, sequences per threa
 if SIMULATOR:
     TJ, KT, RB, TBY = 4, 4, 2, 2
 GMAX = 4
+KT1 = KT + 1   # padded row: threads of a warp read different rows without bank conflicts
+RBY = RB * TBY
 OPTS_SIZE = cells.OPTS_SIZE
 
 
@@ -51,8 +53,8 @@ def _step(mode, s, xp, w_hh, b_hh, hbuf, c, lengths, out, hraw, opts, peep):
     nxt = 1 - cur
     has_proj = hraw.shape[2] > 0
 
-    sw = cuda.shared.array((GMAX, TJ, KT + 1), w_hh.dtype)
-    sh = cuda.shared.array((RB * TBY, KT + 1), hbuf.dtype)
+    sw = cuda.shared.array((GMAX, TJ, KT1), w_hh.dtype)
+    sh = cuda.shared.array((RBY, KT1), hbuf.dtype)
     acc = cuda.local.array((GMAX, RB), cdtype(xp))
     hv = cuda.local.array(RB, cdtype(xp))
     opt = cuda.local.array(OPTS_SIZE, cdtype(xp))
