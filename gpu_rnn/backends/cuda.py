@@ -25,6 +25,11 @@ def _simulator():
     return os.environ.get("NUMBA_ENABLE_CUDASIM", "") == "1"
 
 
+def _cell_mode(layer, cells):
+    mode = getattr(layer, "cell_mode", None)  # extended (ONNX) cells carry their own
+    return cells.MODES[layer.mode] if mode is None else mode
+
+
 def _have_cupy():
     try:
         import cupy  # noqa: F401
@@ -35,6 +40,9 @@ def _have_cupy():
 
 class CudaBackend:
     name = "cuda"
+    # runs the extended (ONNX) cells of gpu_rnn.onnx: layer.cell_mode, cell_opts, cell_peepholes;
+    # the GRU with linear_before_reset=0 is not declared (gru_lbr0): gpu_rnn.onnx runs it on the CPU
+    extended_cells = True
 
     def status(self):
         try:
@@ -94,7 +102,7 @@ class CudaBackend:
             return None, f"kernels.cuda.persistent cannot be imported ({type(e).__name__}: {e})"
         try:
             props = persistent.device_props()
-            mode = cells.MODES[layer.mode]
+            mode = _cell_mode(layer, cells)
             fit = persistent.fits(mode, layer.num_directions, call.B, layer.hidden_size, layer.output_size,
                                   layer.gate_count, layer.dtype, props)
         except Exception as e:  # noqa: BLE001
@@ -129,8 +137,11 @@ class CudaBackend:
                 w_hr = cuda.device_array((0, 0, 0), dtype=sdt, stream=stream)
             out.append({"w_ih": put(w_ih), "b_ih": put(b_ih), "w_hh": put(w_hh), "b_hh": put(b_hh),
                         "w_hr": w_hr})
-        extra = {"opts": put(np.zeros(cells.OPTS_SIZE, np.float32)),
-                 "peep": cuda.device_array((0, 0, 0), dtype=sdt, stream=stream)}
+        opts = getattr(layer, "cell_opts", None)
+        peep = getattr(layer, "cell_peepholes", None)
+        extra = {"opts": put(np.zeros(cells.OPTS_SIZE, np.float32) if opts is None else opts),
+                 "peep": cuda.device_array((0, 0, 0), dtype=sdt, stream=stream) if peep is None
+                 else put(np.stack(peep))}
         layer.__dict__["_cuda_weights"] = (key, (out, extra))
         return out, extra
 
@@ -146,7 +157,7 @@ class CudaBackend:
             D, L, H, P, G = (layer.num_directions, layer.num_layers, layer.hidden_size,
                              layer.output_size, layer.gate_count)
             T, B = call.T, call.B
-            mode = cells.MODES[layer.mode]
+            mode = _cell_mode(layer, cells)
             if call.device:
                 x, stream, torch_in = _wrap_device(call.x, st)
                 h0 = _wrap_device(call.h0, st, stream)[0] if call.h0 is not None else None
