@@ -51,19 +51,13 @@ def _load_model(path, backend):
         import gpu_rnn
         if not hasattr(gpu_rnn, "from_onnx"):
             _fail("ONNX models need gpu_rnn.from_onnx, which this installation lacks")
+        from .layers import RNNBase
         layer = gpu_rnn.from_onnx(path)
+        if not isinstance(layer, RNNBase):
+            _fail(f"{path}: its recurrent nodes do not form one stacked layer ({type(layer).__name__}); "
+                  "gpu-rnn run takes one recurrent layer per model")
         return data.Model({"rnn": layer}, {}, path)
-    try:
-        return data.load_model(path, backend=backend)
-    except Exception as first:  # noqa: BLE001 - try the library's general loader before giving up
-        try:
-            from . import io as gio
-        except ImportError:
-            raise first from None
-        obj = gio.load(path)
-        if isinstance(obj, dict):
-            return data.Model(dict(obj), {}, path)
-        return data.Model({"rnn": obj}, {}, path)
+    return data.load_model(path, backend=backend)
 
 
 def _check_backend(name):
@@ -304,7 +298,7 @@ def cmd_generate(args):
     model = _load_model(args.model, backend)
     vocab = model.vocab or (data.load_vocab() if args.model is None else None)
     if vocab is None:
-        _fail(f"{args.model} has no vocabulary (metadata 'gpu_rnn.vocab'): generate needs a character model")
+        _fail(f"{args.model} has no vocabulary (metadata 'vocab'): generate needs a character model")
     text, secs, plan = _generate_text(model, vocab["tokens"], args.prompt, args.steps, backend)
     print(text)
     print(f"{args.steps} steps generated in {secs:.3f} s ({args.steps / secs:.0f} steps/s); {plan}", file=sys.stderr)
@@ -364,7 +358,8 @@ def _parser():
                                 "CUDA GPUs and CPUs. With no command: the embedded demo (gpu-rnn run).")
     sub = p.add_subparsers(dest="command")
     r = sub.add_parser("run", help="batch inference over a .npy dataset (default: the embedded demo)")
-    r.add_argument("--model", help="model file (gpu_rnn safetensors; default: the embedded model)")
+    r.add_argument("--model", help="model file: gpu_rnn safetensors (a layer.save file or a multi-module "
+                   "model), or .onnx; default: the embedded model")
     r.add_argument("--input", help="input .npy: float (N, T, I) or integer token ids (N, T); memory-mapped")
     r.add_argument("--output", help="output .npy, written through a memory map")
     r.add_argument("--lengths", help="optional (N,) integer .npy of sequence lengths")

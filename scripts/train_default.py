@@ -11,7 +11,8 @@ sample data, so the demo runs on text the model has not seen.
 
 Model: Embedding(V, 32) -> LSTM(32, 128) -> Linear(128, V) next-character logits, plus
 Linear(128, 2) code/prose logits. V = 97: padding/unknown, newline, printable ASCII.
-Weights are float32 safetensors; the layer configs and the vocabulary are in its metadata.
+Weights are float32 safetensors in gpu_rnn's model format (``gpu_rnn.data.save_model``): the
+module configs, the vocabulary and these training settings and scores are in its metadata.
 Results depend on the Python version whose library is read (recorded in the metadata).
 """
 import argparse
@@ -116,7 +117,6 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     import torch
-    from safetensors.numpy import save_file
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -196,19 +196,10 @@ def main(argv=None):
     np.save(os.path.join(args.out, "sample_lengths.npy"), he_len[pick].astype(np.int32))
     np.save(os.path.join(args.out, "sample_labels.npy"), he_lab[pick].astype(np.int8))
 
-    tensors = {}
-    for prefix, mod in (("rnn", lstm), ("embedding", emb), ("head", head), ("classifier", clf)):
-        for k, v in mod.state_dict().items():
-            tensors[f"{prefix}.{k}"] = v.detach().numpy().astype(np.float32)
-    config = {
-        "format": "gpu_rnn", "version": 1,
-        "modules": {
-            "rnn": {"type": "LSTM", "input_size": E, "hidden_size": H, "num_layers": 1},
-            "embedding": {"type": "Embedding", "num_embeddings": V, "embedding_dim": E},
-            "head": {"type": "Linear", "in_features": H, "out_features": V},
-            "classifier": {"type": "Linear", "in_features": H, "out_features": 2},
-        },
-    }
+    import gpu_rnn
+    from gpu_rnn import data
+    modules = {"rnn": gpu_rnn.LSTM.from_torch(lstm), "embedding": gpu_rnn.Embedding.from_torch(emb),
+               "head": gpu_rnn.Linear.from_torch(head), "classifier": gpu_rnn.Linear.from_torch(clf)}
     vocab = {"tokens": VOCAB, "labels": LABELS, "line_len": LINE_LEN}
     train_info = {
         "python": sys.version.split()[0], "torch": torch.__version__, "seed": args.seed,
@@ -217,10 +208,8 @@ def main(argv=None):
         "heldout_char_accuracy": round(lm_acc, 4), "heldout_line_accuracy": round(float(clf_acc), 4),
         "heldout_majority": round(float(base), 4),
     }
-    meta = {"gpu_rnn.config": json.dumps(config), "gpu_rnn.vocab": json.dumps(vocab),
-            "gpu_rnn.training": json.dumps(train_info)}
     path = os.path.join(args.out, "default.safetensors")
-    save_file(tensors, path, metadata=meta)
+    data.save_model(path, modules, {"vocab": json.dumps(vocab), "training": json.dumps(train_info)})
     os.chmod(path, 0o644)
     with open(os.path.join(args.out, "vocab.json"), "w") as f:
         json.dump(vocab, f)

@@ -88,6 +88,19 @@ def test_run_streams_a_memory_mapped_dataset(tmp_path, gru_model, rng):
     np.testing.assert_allclose(z, last @ clf.weight.T + clf.bias, rtol=1e-10, atol=1e-12)
 
 
+def test_run_a_layer_saved_by_layer_save(tmp_path, rng):
+    layer = gpu_rnn.LSTM(4, 6, proj_size=3, dtype="float64", seed=5)
+    layer.save(str(tmp_path / "lstm.safetensors"))
+    x = rng.standard_normal((5, 7, 4))
+    np.save(tmp_path / "x.npy", x)
+    r = gpu_rnn_cmd("run", "--model", str(tmp_path / "lstm.safetensors"), "--input", str(tmp_path / "x.npy"),
+                    "--output", str(tmp_path / "y.npy"), "--mode", "many-to-one", "--batch-size", "2")
+    assert r.returncode == 0, r.stderr
+    out, _, _ = reference.forward("LSTM", np.swapaxes(x, 0, 1), layer.params(), np.zeros((1, 5, 3)),
+                                  np.zeros((1, 5, 6)), None, 1)
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), out[-1], rtol=1e-10, atol=1e-12)
+
+
 def test_run_token_input_on_the_embedded_model(tmp_path):
     tok, lengths, _ = data.load_sample()
     tok = tok[:20]

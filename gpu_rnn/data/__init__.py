@@ -7,9 +7,11 @@ next-character head ``Linear(128, 97)`` and a code/prose line classifier ``Linea
 ``sample_tokens.npy`` (N, 80) int32 token ids (0-padded), ``sample_lengths.npy`` (N,) and
 ``sample_labels.npy`` (N,) (0 code, 1 prose). ``vocab.json`` lists the tokens and labels.
 
-Model files: safetensors whose keys are ``<module>.<parameter>`` (torch names) and whose
-metadata ``gpu_rnn.config`` is JSON ``{"format": "gpu_rnn", "version": 1, "modules":
-{name: {"type": "LSTM" | "GRU" | "RNN" | "Linear" | "Embedding", constructor arguments}}}``.
+Model files (:func:`save_model`, :func:`load_model`) extend ``gpu_rnn.io``'s format to several
+modules: tensors ``<module>.<parameter>`` (torch names), metadata ``format: gpu_rnn``,
+``format_version``, ``class: Model`` and ``modules``, JSON ``{name: {"class": "LSTM" | "GRU" |
+"RNN" | "Linear" | "Embedding", "config": constructor arguments}}``. The CLI looks for the
+names ``rnn``, ``embedding``, ``head`` (per step) and ``classifier`` (per sequence).
 """
 import json
 import os
@@ -21,6 +23,7 @@ from ..errors import ConfigError, ShapeError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_MODEL = os.path.join(HERE, "default.safetensors")
+MODEL_CLASS = "Model"  # the ``class`` metadata of a multi-module model file
 
 
 def _path(name):
@@ -51,45 +54,56 @@ class Model:
 
     @property
     def vocab(self):
-        v = self.metadata.get("gpu_rnn.vocab")
+        v = self.metadata.get("vocab")
         return json.loads(v) if v else None
 
 
-def _build(kind, cfg, backend):
-    from .. import heads, layers
-    kw = {k: v for k, v in cfg.items() if k != "type"}
-    if kind in ("LSTM", "GRU", "RNN"):
-        return getattr(layers, kind)(backend=backend, **kw)
-    if kind in ("Linear", "Embedding"):
-        return getattr(heads, kind)(**kw)
-    raise ConfigError(f"unknown module type {kind!r} in the model config")
-
-
-def load_model(path, *, backend="auto"):
-    """Load a model file (safetensors with a ``gpu_rnn.config`` in its metadata)."""
-    from safetensors import safe_open
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"model file {path!s} does not exist")
+def load_model(path, *, backend=None):
+    """Load a model file: a multi-module file written by :func:`save_model`, or a single layer
+    or head written by ``layer.save`` (``gpu_rnn.io``), returned as ``Model({"rnn": layer})``
+    (or ``{"head": ...}``, ``{"embedding": ...}``)."""
+    from .. import io as gio
+    meta, tensors = gio.read(path)
+    if meta.get("format") != gio.FORMAT or "class" not in meta:
+        raise ConfigError(f"{path!s} is a safetensors file but not a gpu_rnn model (metadata 'format' is "
+                          f"{meta.get('format')!r}, expected {gio.FORMAT!r})")
+    if meta["class"] != MODEL_CLASS:
+        obj = gio.load(path, backend=backend)
+        from ..heads import Embedding, Linear
+        name = "head" if isinstance(obj, Linear) else "embedding" if isinstance(obj, Embedding) else "rnn"
+        return Model({name: obj}, meta, str(path))
+    if meta.get("format_version") != gio.FORMAT_VERSION:
+        raise ConfigError(f"{path!s} has format_version {meta.get('format_version')!r}; "
+                          f"this gpu_rnn reads {gio.FORMAT_VERSION!r}")
     try:
-        with safe_open(path, framework="numpy") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file: say so in one line
-        raise ConfigError(f"{path!s} is not a readable safetensors file: {e}") from None
-    if "gpu_rnn.config" not in meta:
-        raise ConfigError(f"{path!s} has no 'gpu_rnn.config' metadata (not a gpu_rnn model file)")
-    cfg = json.loads(meta["gpu_rnn.config"])
+        spec = json.loads(meta.get("modules", ""))
+        if not isinstance(spec, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as e:
+        raise ConfigError(f"{path!s} has a malformed 'modules' entry in its metadata ({e})") from None
+    classes = gio._classes()
     modules = {}
-    for name, mcfg in cfg.get("modules", {}).items():
-        m = _build(mcfg.get("type"), mcfg, backend)
+    for name, m in spec.items():
+        cls = m.get("class")
+        if cls not in classes:
+            raise ConfigError(f"{path!s}: module {name!r} has class {cls!r}; expected one of {sorted(classes)}")
+        cfg = dict(m.get("config", {}))
+        if "backend" in cfg or cls in ("RNN", "LSTM", "GRU"):
+            cfg["backend"] = backend if backend is not None else cfg.get("backend", "auto")
+        try:
+            obj = classes[cls](**cfg)
+        except TypeError as e:
+            raise ConfigError(f"{path!s}: module {name!r} has a config that {cls} does not take ({e})") from None
         prefix = name + "."
-        sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        m.load_state_dict(sd)
-        modules[name] = m
-    return Model(modules, meta, path)
+        try:
+            obj.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        except ShapeError as e:
+            raise ShapeError(f"{path!s}: the tensors of module {name!r} do not fit its {cls} config: {e}") from None
+        modules[name] = obj
+    return Model(modules, meta, str(path))
 
 
-def load_default(*, backend="auto"):
+def load_default(*, backend=None):
     """The embedded default model (see the module docstring)."""
     return load_model(DEFAULT_MODEL, backend=backend)
 
@@ -123,30 +137,20 @@ def decode(ids, tokens):
 
 
 def save_model(path, modules, metadata=None):
-    """Write ``{name: layer or head}`` as a model file :func:`load_model` reads."""
+    """Write ``{name: layer or head}`` as one model file that :func:`load_model` reads: tensors
+    ``<name>.<parameter>``; metadata ``format``/``format_version`` as ``gpu_rnn.io``, ``class``
+    ``"Model"`` and ``modules`` = JSON ``{name: {"class": ..., "config": {...}}}``, plus any
+    extra string ``metadata`` (the embedded model keeps ``vocab`` and ``training`` there)."""
     from safetensors.numpy import save_file
-    from .. import heads, layers
-    cfgs, tensors = {}, {}
+    from .. import io as gio
+    spec, tensors = {}, {}
     for name, m in modules.items():
-        if isinstance(m, layers.RNNBase):
-            cfg = {"type": type(m).__name__, "input_size": m.input_size, "hidden_size": m.hidden_size,
-                   "num_layers": m.num_layers, "bias": m.bias, "batch_first": m.batch_first,
-                   "bidirectional": m.bidirectional, "dtype": m.dtype}
-            if m.proj_size:
-                cfg["proj_size"] = m.proj_size
-            if isinstance(m, layers.RNN):
-                cfg["nonlinearity"] = m.nonlinearity
-        elif isinstance(m, heads.Linear):
-            cfg = {"type": "Linear", "in_features": m.in_features, "out_features": m.out_features,
-                   "bias": m.bias is not None, "dtype": m.weight.dtype.name}
-        elif isinstance(m, heads.Embedding):
-            cfg = {"type": "Embedding", "num_embeddings": m.num_embeddings,
-                   "embedding_dim": m.embedding_dim, "dtype": m.weight.dtype.name}
-        else:
-            raise ConfigError(f"save_model takes gpu_rnn layers and heads, got {type(m).__name__} for {name!r}")
-        cfgs[name] = cfg
+        cls, cfg = gio.config_of(m)
+        cfg.pop("backend", None)  # where to run is the loader's choice
+        spec[name] = {"class": cls, "config": cfg}
         for k, v in m.state_dict().items():
             tensors[f"{name}.{k}"] = np.ascontiguousarray(v)
-    meta = dict(metadata or {})
-    meta["gpu_rnn.config"] = json.dumps({"format": "gpu_rnn", "version": 1, "modules": cfgs})
-    save_file(tensors, path, metadata=meta)
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    meta.update({"format": gio.FORMAT, "format_version": gio.FORMAT_VERSION, "class": MODEL_CLASS,
+                 "modules": json.dumps(spec, sort_keys=True)})
+    save_file(tensors, os.fspath(path), metadata=meta)
