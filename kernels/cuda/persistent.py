@@ -191,7 +191,7 @@ def _estimate(mode, D, B, H, P, G, dtype, blocks, geo):
     S, So = geo["units_per_block"], geo["proj_per_block"]
     w = S * G * P + So * H
     t_w = B * w * st / _SMEM_BW_PER_SM
-    scale = 32.0 if _storage_name(dtype) == "float64" else 1.0   # float64 is slower per SM
+    scale = 2.0 if _storage_name(dtype) == "float64" else 1.0   # half rate on data-centre cards
     t_f = 2 * B * w * scale / _FLOPS_PER_SM
     t_b = _barriers(mode, H, P) * (_SYNC_S + _SYNC_PER_BLOCK_S * blocks) if blocks > 1 else 0.0
     return max(t_w, t_f) + t_b
@@ -625,6 +625,7 @@ def _numba_type(storage):
 
 
 _DEV = {}
+_PTX_DEV = {}
 _KERNELS = {}
 
 
@@ -670,8 +671,10 @@ def compile_ptx(storage, cc=(9, 0)):
     Returns ``(ptx, resty)``.
     """
     from numba import types
-    # device functions of its own: their compiled code is for ``cc``, not for a real device
-    fn = _body(storage, False, _device_functions())
+    # device functions of its own, per ``cc`` (their code is for it, not for a real device),
+    # shared by the storage dtypes of one compute type
+    dev = _PTX_DEV.setdefault(tuple(cc), _device_functions())
+    fn = _body(storage, False, dev)
     wt = _numba_type(storage)
     acc = types.float64 if storage == "float64" else types.float32
     arr = lambda dt, n: types.Array(dt, n, "C")  # noqa: E731
@@ -726,27 +729,55 @@ def _plan_from(grid, mode, D, B, H, P, G, storage):
     return plan, props
 
 
-def _prepare_cooperative(k, args, plan):
-    """Compile for ``args``, raise the dynamic shared-memory limit, and check that the grid can
-    be co-resident: a cooperative launch larger than that would fail or hang."""
-    argtypes = tuple(k.typeof_pyval(a) for a in args)
-    compiled = k.compile(argtypes)
-    smem = plan["smem_bytes"]
-    if smem > 48 * 1024:
+def _compiled(k, args):
+    """The kernel compiled for ``args``, with its dynamic shared memory raised to the device's
+    opt-in limit (above 48 KiB a launch needs the attribute set)."""
+    compiled = k.compile(tuple(k.typeof_pyval(a) for a in args))
+    limit = device_props()["max_shared_per_block"]
+    if limit > 48 * 1024:
         try:
             from numba.cuda.cudadrv.driver import binding, driver
             cufunc = compiled._codelibrary.get_cufunc()
             attr = binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-            driver.cuKernelSetAttribute(attr, smem, cufunc.handle, cufunc.device.id)
+            driver.cuKernelSetAttribute(attr, limit, cufunc.handle, cufunc.device.id)
         except Exception as e:  # noqa: BLE001 - any driver refusal means no launch
             raise PersistentUnavailable(
-                f"cannot raise the kernel's dynamic shared memory to {smem} bytes: {e}") from e
-    limit = compiled.max_cooperative_grid_blocks(plan["threads"], smem)
+                f"cannot raise the kernel's dynamic shared memory to {limit} bytes: {e}") from e
+    return compiled
+
+
+def _check_co_resident(compiled, plan):
+    """A cooperative launch larger than the device can hold at once would fail or hang."""
+    limit = compiled.max_cooperative_grid_blocks(plan["threads"], plan["smem_bytes"])
     if plan["blocks"] > limit:
         raise PersistentUnavailable(
             f"a cooperative grid of {plan['blocks']} blocks x {plan['threads']} threads with "
-            f"{smem} bytes of shared memory cannot be co-resident on this device (at most "
-            f"{limit} blocks)")
+            f"{plan['smem_bytes']} bytes of shared memory cannot be co-resident on this device "
+            f"(at most {limit} blocks)")
+
+
+def _largest_grid(compiled, mode, D, B, H, P, G, storage):
+    """The largest grid the device can hold co-resident for this layer. More blocks mean
+    smaller slices, so less shared memory per block, so more co-resident blocks: iterate from
+    one block per multiprocessor to the fixed point."""
+    props = device_props()
+    threads = min(int(props["max_threads"]), THREADS)
+
+    def limit(nb):
+        smem = geometry(mode, D, B, H, P, G, storage, nb, threads)["smem_bytes"]
+        if smem > props["max_shared_per_block"]:
+            return 0
+        return compiled.max_cooperative_grid_blocks(threads, smem)
+
+    nb = max(int(props["multiprocessors"]), 1)
+    for _ in range(32):
+        lim = limit(nb)
+        if lim == nb or lim < 1:
+            break
+        nb = lim
+    if limit(nb) < nb or nb < 1:
+        raise PersistentUnavailable("no co-resident grid holds this layer's weight slices")
+    return nb
 
 
 def run_layer(mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts, peep, stream,
@@ -759,8 +790,9 @@ def run_layer(mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts, 
     one), ``lengths`` (B,) int64, ``out`` (T, B, D*P), ``h_n``, ``c_n`` like ``h0``, ``c0``,
     ``opts`` (OPTS_SIZE,), ``peep`` (D, 3, H) or (0, 0, 0), ``stream`` a numba stream (or 0).
 
-    grid    None: plan with :func:`fits` on the current device; an int: that many blocks; or a
-            plan dict from :func:`fits`.
+    grid    None: plan with :func:`fits` on the current device; an int: that many blocks;
+            ``"max"``: the largest grid the device can hold co-resident; or a plan dict from
+            :func:`fits` (keys ``blocks``, optionally ``threads``, ``lanes``, ``smem_bytes``).
     Returns the plan used. Raises :class:`PersistentUnavailable` when the launch cannot run
     (weights too large, grid not co-resident, more than one block under the simulator).
     """
@@ -769,18 +801,24 @@ def run_layer(mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts, 
     G = cells.gate_count(mode)
     H = GH // G
     storage = _storage_name(w_hh.dtype)
+    _, acc = _itemsizes(storage)
+    ws = cuda.device_array(workspace_size(D, B, H, P), dtype=np.float64 if acc == 8
+                           else np.float32, stream=stream)
+    k = kernel(storage)
+    args = [mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts, peep, ws, 1]
+    compiled = None if SIMULATOR else _compiled(k, args)
+    if isinstance(grid, str):
+        if grid != "max":
+            raise PersistentUnavailable(f"grid must be None, an int, 'max' or a plan dict, "
+                                        f"got {grid!r}")
+        grid = 1 if SIMULATOR else _largest_grid(compiled, mode, D, B, H, P, G, storage)
     plan, props = _plan_from(grid, mode, D, B, H, P, G, storage)
     if props.get("simulator") and plan["blocks"] > 1:
         raise PersistentUnavailable(
             f"the CUDA simulator runs blocks one after another, so a grid barrier across "
             f"{plan['blocks']} blocks cannot be simulated; use one block")
-    _, acc = _itemsizes(storage)
-    ws = cuda.device_array(workspace_size(D, B, H, P), dtype=np.float64 if acc == 8
-                           else np.float32, stream=stream)
-    k = kernel(storage)
-    args = (mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts, peep, ws,
-            plan["lanes"])
-    if not SIMULATOR:
-        _prepare_cooperative(k, args, plan)
+    if compiled is not None:
+        _check_co_resident(compiled, plan)
+    args[-1] = plan["lanes"]
     k[plan["blocks"], plan["threads"], stream, plan["smem_bytes"]](*args)
     return plan

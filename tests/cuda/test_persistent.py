@@ -190,6 +190,31 @@ def test_grid_too_small_for_shared_memory(rng):
     assert big["smem_bytes"] > props["max_shared_per_block"]
 
 
+@sim_only
+def test_layer_runs_the_persistent_kernel(rng, monkeypatch):
+    """Through the public API: when the plan says persistent, the persistent kernel runs,
+    once per layer, and the result is the reference's."""
+    import gpu_rnn
+    calls = []
+    real = persistent.run_layer
+
+    def spy(*args, **kwargs):
+        calls.append(args[2].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(persistent, "run_layer", spy)
+    lstm = gpu_rnn.LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2,
+                        backend="cuda:persistent", seed=7)
+    x = rng.standard_normal((4, 2, 3)).astype(np.float32)
+    assert lstm.plan(x).variant == "persistent"
+    out, (h_n, c_n) = lstm(x, lengths=[3, 4])
+    assert len(calls) == 2 and calls[0] == (2, 20, 2)
+    want = reference.call(lstm, x, lengths=[3, 4])
+    check(np.asarray(out, np.float64), want[0], "float32", "out")
+    check(np.asarray(h_n, np.float64), want[1][0], "float32", "h_n")
+    check(np.asarray(c_n, np.float64), want[1][1], "float32", "c_n")
+
+
 # -- simulator: the extended (ONNX) cells against the ONNX reference --------------------------
 
 # one ``opts`` serves both directions, so a bidirectional case repeats its alphas and betas
@@ -257,6 +282,14 @@ def _max_blocks():
     return persistent.device_props()["max_cooperative_blocks"]
 
 
+@sim_only
+def test_largest_grid_is_one_block_in_the_simulator(rng):
+    kern, ref = make_case(rng, "RNN_RELU", T=3, B=2, H=4, D=2)
+    got = run("RNN_RELU", kern, "float64", grid="max")
+    assert got[3]["blocks"] == 1
+    check_all("RNN_RELU", got, ref, "float64", kern)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode,H,P,B,D", [("LSTM", 257, None, 3, 2), ("GRU", 129, None, 17, 1),
                                           ("LSTM", 127, 61, 5, 2), ("RNN_TANH", 513, None, 1, 1)])
@@ -272,13 +305,17 @@ def test_gpu_planned(rng, mode, H, P, B, D, storage):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("blocks", [2, 3, 7, "max"])
+@pytest.mark.parametrize("blocks", [2, 3, 7, "sms", "max"])
 def test_gpu_grid_sizes(rng, blocks):
-    """Any grid from two blocks to the largest the device can hold co-resident."""
-    blocks = _max_blocks() if blocks == "max" else blocks
+    """Any grid from two blocks to the largest the device can hold co-resident (more blocks
+    than units: the spare ones only join the barriers)."""
+    blocks = _max_blocks() if blocks == "sms" else blocks
     kern, ref = make_case(rng, "LSTM", T=19, B=4, H=65, D=2, P=33, scale=0.3)
     got = run("LSTM", kern, "float32", grid=blocks)
-    assert got[3]["blocks"] == blocks
+    if blocks == "max":
+        assert got[3]["blocks"] >= _max_blocks()
+    else:
+        assert got[3]["blocks"] == blocks
     check_all("LSTM", got, ref, "float32", kern)
 
 
