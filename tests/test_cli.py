@@ -159,3 +159,13 @@ def test_bad_input_paths(tmp_path, gru_model):
 def test_console_script():
     r = subprocess.run(["gpu-rnn", "info"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "available:" in r.stdout
+
+
+def test_seq2seq_example_runs():
+    root = os.path.join(os.path.dirname(__file__), "..")
+    env = dict(os.environ, NUMBA_CACHE_DIR=os.environ.get("NUMBA_CACHE_DIR", os.path.join(root, ".numba_cache")))
+    r = subprocess.run([sys.executable, os.path.join(root, "examples", "seq2seq.py"), "--backend", "cpu",
+                        "--steps", "12"], capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 4 and lines[0].startswith("'def __init__(self'"), r.stdout
