@@ -287,7 +287,9 @@ def _generate_text(model, toks, prompt, steps, backend):
     secs = max(time.perf_counter() - t0, 1e-9)
     from . import dispatch
     _, name, variant, _ = dispatch.resolve(backend, layer.backend)
-    return prompt + data.decode(tokens[:, 0], toks), secs, f"backend {name}{':' + variant if variant else ''}"
+    how = ("every step in one kernel launch (head, argmax and embedding on the device)" if name == "cuda"
+           else "a fused step of the stack per token, head and argmax in NumPy")
+    return prompt + data.decode(tokens[:, 0], toks), secs, f"backend {name}: {how}"
 
 
 def cmd_generate(args):
