@@ -7,6 +7,7 @@ its output is checked against gpu_rnn's (``max_abs_diff`` in the report notes). 
 cannot run a configuration (not installed, no GPU, ``proj_size`` in ONNX, float64 in ONNX
 Runtime ...) says why in :class:`Unavailable`.
 """
+import contextlib
 import os
 import time
 
@@ -17,6 +18,25 @@ from .core import PhaseReport, Report, _config, budget_repeats
 from .timing import Recorder, nvtx_range
 
 NAMES = ("torch", "onnxruntime")
+
+#: CPU threads for the baselines (None: each library's default); see :func:`set_threads`
+_THREADS = None
+
+
+def set_threads(n):
+    """Use ``n`` CPU threads in every implementation: numba (gpu_rnn's CPU kernels), torch and
+    ONNX Runtime (None: leave each library's default)."""
+    global _THREADS
+    _THREADS = n
+    if n is None:
+        return
+    import numba
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(n)
 
 
 class Unavailable(Exception):
@@ -48,8 +68,12 @@ def _torch_runner(layer, x, lengths, device):
     xt = torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=dt)
     lt = None if lengths is None else torch.as_tensor(np.asarray(lengths), dtype=torch.int64)
 
+    # float32 means float32: cuDNN's TF32 tensor-core path would compare a different precision
+    flags = (torch.backends.cudnn.flags(enabled=True, allow_tf32=False) if device == "cuda"
+             else contextlib.nullcontext())
+
     def run():
-        with torch.inference_mode():
+        with torch.inference_mode(), flags:
             if lt is None:
                 out, _ = m(xt)
             else:
@@ -79,7 +103,8 @@ def _torch_runner(layer, x, lengths, device):
     else:
         from .timing import HostClock
         clock = HostClock()
-    label = f"torch {torch.__version__} " + ("cuDNN" if device == "cuda" else f"CPU, {torch.get_num_threads()} threads")
+    label = f"torch {torch.__version__} " + ("cuDNN, TF32 off" if device == "cuda"
+                                              else f"CPU, {torch.get_num_threads()} threads")
     return run, (lambda out: out.float().cpu().numpy()), clock, label
 
 
@@ -158,7 +183,7 @@ def _ort_runner(layer, x, lengths, device):
     T, B = xt.shape[0], xt.shape[1]
     model = onnx_model(layer, T, B, lengths is not None)
     so = ort.SessionOptions()
-    so.intra_op_num_threads = os.cpu_count() or 1
+    so.intra_op_num_threads = _THREADS or os.cpu_count() or 1
     so.log_severity_level = 3
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=providers)
     feeds = {"X": xt}

@@ -36,6 +36,7 @@ DEFAULTS = {
     "cell": ["lstm"], "batch": [1, 16, 64], "seq_len": [100], "input_size": [0], "hidden": [64, 256],
     "layers": [1], "bidirectional": [False], "proj_size": [0], "dtype": ["float32"], "backend": ["auto"],
     "compare": [], "repeats": 20, "warmup": 3, "rounds": 3, "lengths": False, "budget": 0.0,
+    "threads": 0,
 }
 QUICK = {
     "cell": ["lstm", "gru", "rnn"], "batch": [1, 8], "seq_len": [16], "hidden": [32, 64],
@@ -153,6 +154,8 @@ def build_parser():
     p.add_argument("--rounds", help="split the repeats in rounds, implementations interleaved [3]")
     p.add_argument("--budget", help="seconds per configuration, implementation and round: fewer "
                    "repeats (never under 3) for slow calls; 0 for none [0; --quick 0.5]")
+    p.add_argument("--threads", help="CPU threads for gpu_rnn (numba), torch and ONNX Runtime alike; "
+                   "0 leaves each library's default [0]")
     p.add_argument("--quick", action="store_true",
                    help="a small sweep (lstm,gru,rnn; B 1,8; T 16; H 32,64) in under a minute on a CPU")
     p.add_argument("--out", "-o", default="profile-results", help="directory for CSV, JSON and PNG files")
@@ -204,7 +207,7 @@ def resolve_settings(args):
         if c not in NAMES:
             raise UsageError(f"--compare must be among {list(NAMES)}, got {c!r}")
     s["compare"] = comp
-    for key, lo in (("repeats", 1), ("warmup", 0), ("rounds", 1)):
+    for key, lo in (("repeats", 1), ("warmup", 0), ("rounds", 1), ("threads", 0)):
         v = s[key]
         try:
             iv = int(v)
@@ -409,6 +412,8 @@ def main(argv=None):
         parser.error(str(e))
     for c in cfgs:
         c["lengths"] = s["lengths"]
+    from . import baselines
+    baselines.set_threads(s["threads"] or None)
     command = "python -m gpu_rnn.profiling " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     os.makedirs(args.out, exist_ok=True)
     for c, why in skipped_cfgs:

@@ -1,7 +1,7 @@
 """PNG plots of a profile sweep (matplotlib, Agg backend: no display needed).
 
 - ``time_per_step.png``: microseconds per time step against the batch size (left) and the
-  hidden size (right), one line per implementation and the other sizes.
+  hidden size (right), one row per cell; colour = implementation, line style = the other size.
 - ``roofline_<device>.png``: the measured ceilings of each device (peak FLOP/s per dtype and
   the bandwidth slope) with every gpu_rnn phase and every implementation's whole call placed
   at its arithmetic intensity and achieved FLOP/s.
@@ -26,15 +26,28 @@ def _finite(v):
         return False
 
 
-def _lines(ax, rows, xkey, keys, title):
+_STYLES = ["-", "--", ":", "-."]
+_POINTS = ["o", "s", "^", "D", "v", "P", "X"]
+
+
+def _lines(ax, rows, xkey, other, colors, title):
+    """One line per implementation (colour) and value of the other size (line style); sizes that
+    vary besides those go into the label."""
+    tied = all(r.get("I") == r.get("H") for r in rows)  # I = H sweeps: I moves with H
+    extra = [k for k in ("T", "I", "L", "D", "P", "dtype")
+             if len({r.get(k) for r in rows}) > 1 and not (k == "I" and tied)]
     groups = defaultdict(list)
     for r in rows:
         if _finite(r.get("per_step_us")):
-            groups[tuple(r[k] for k in keys)].append(r)
+            groups[(r["impl"], r[other]) + tuple(r.get(k) for k in extra)].append(r)
+    others = sorted({k[1] for k in groups})
     for key, rs in sorted(groups.items(), key=lambda kv: str(kv[0])):
         rs = sorted(rs, key=lambda r: r[xkey])
-        label = " ".join(f"{k}={v}" if k not in ("impl", "cell", "dtype") else str(v) for k, v in zip(keys, key))
-        ax.plot([r[xkey] for r in rs], [r["per_step_us"] for r in rs], marker="o", label=label)
+        impl, ov = key[0], key[1]
+        k = others.index(ov)
+        label = f"{impl} {other}={ov}" + "".join(f" {n}={v}" for n, v in zip(extra, key[2:]))
+        ax.plot([r[xkey] for r in rs], [r["per_step_us"] for r in rs], color=colors[impl],
+                linestyle=_STYLES[k % len(_STYLES)], marker=_POINTS[k % len(_POINTS)], label=label)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel({"B": "batch B", "H": "hidden H"}[xkey])
@@ -42,16 +55,22 @@ def _lines(ax, rows, xkey, keys, title):
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     if groups:
-        ax.legend(fontsize=6, loc="best")
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
 
 
 def time_per_step(summary, path):
+    """Time per step against B and against H; one row of plots per cell."""
     plt = _mpl()
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    _lines(axes[0], summary, "B", ("impl", "cell", "dtype", "H", "T", "L", "D"), "time per step vs batch")
-    _lines(axes[1], summary, "H", ("impl", "cell", "dtype", "B", "T", "L", "D"), "time per step vs hidden")
+    cells = sorted({r["cell"] for r in summary})
+    impls = sorted({r["impl"] for r in summary})
+    colors = {impl: f"C{i % 10}" for i, impl in enumerate(impls)}
+    fig, axes = plt.subplots(len(cells), 2, figsize=(15, 4.2 * len(cells)), squeeze=False)
+    for i, cell in enumerate(cells):
+        rows = [r for r in summary if r["cell"] == cell]
+        _lines(axes[i][0], rows, "B", "H", colors, f"{cell}: time per step vs batch")
+        _lines(axes[i][1], rows, "H", "B", colors, f"{cell}: time per step vs hidden")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 

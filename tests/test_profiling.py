@@ -348,6 +348,7 @@ def _have(mod):
     (["--repeats", "0"], "--repeats"),
     (["--bidirectional", "maybe"], "--bidirectional"),
     (["--budget", "-1"], "--budget"),
+    (["--threads", "-2"], "--threads"),
     (["--cell", "gru", "--proj-size", "2"], "empty"),
 ])
 def test_cli_rejects_nonsense(args, words, tmp_path, capsys):
