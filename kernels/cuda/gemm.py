@@ -14,7 +14,7 @@ import math
 
 from numba import cuda
 
-from .common import SIMULATOR, cdtype, load, store, zero
+from .common import SIMULATOR, cdtype, configure, load, store, zero
 
 # Output tile BM x BN per block of (BN // TN) x (BM // TM) threads, each thread TM x TN outputs.
 BM, BN, BK, TM, TN = 64, 64, 16, 4, 4
@@ -100,7 +100,7 @@ def gemm_bias(x, w, bias, xp, batch_first, stream):
     """Launch the tiled GEMM (arguments in the module docstring)."""
     T, B, N = xp.shape
     grid = (math.ceil(N / BN), math.ceil(T * B / BM))
-    _gemm_bias[grid, (NTX, NTY), stream](x, w, bias, xp, bool(batch_first))
+    configure(_gemm_bias, grid, (NTX, NTY), stream)(x, w, bias, xp, bool(batch_first))
 
 
 @cuda.jit(cache=True)
@@ -114,7 +114,7 @@ def fill(a, value, stream):
     """Fill a contiguous device array with ``value`` (a scalar of its element type)."""
     flat = a.reshape(a.size)
     if flat.shape[0]:
-        _fill[math.ceil(flat.shape[0] / 128), 128, stream](flat, value)
+        configure(_fill, math.ceil(flat.shape[0] / 128), 128, stream)(flat, value)
 
 
 @cuda.jit(cache=True)
@@ -132,7 +132,7 @@ def swap01(src, dst, stream):
     I, J, K = src.shape
     if I and J and K:
         tpb = min(128, max(32, 1 << (K - 1).bit_length())) if not SIMULATOR else 8
-        _swap01[(math.ceil(K / tpb), I, J), tpb, stream](src, dst)
+        configure(_swap01, (math.ceil(K / tpb), I, J), tpb, stream)(src, dst)
 
 
 @cuda.jit(cache=True)
@@ -147,4 +147,4 @@ def copy(src, dst, stream):
     s = src.reshape(src.size)
     d = dst.reshape(dst.size)
     if s.shape[0]:
-        _copy[math.ceil(s.shape[0] / 128), 128, stream](s, d)
+        configure(_copy, math.ceil(s.shape[0] / 128), 128, stream)(s, d)

@@ -19,7 +19,7 @@ import math
 from numba import cuda
 
 from .. import cells
-from .common import SIMULATOR, cdtype, load, point, store, zero
+from .common import SIMULATOR, cdtype, configure, load, point, store, zero
 from .gemm import copy
 
 TJ, KT, RB, TBY = 32, 32, 4, 8   # units per block, k-slice, sequences per thread, threads in y
@@ -190,10 +190,10 @@ def run_layer(mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts, 
     copy(h0, hbuf[0], stream)
     copy(c0, c_n, stream)
     grid, block = launch_shape(B, H, D)
-    step = _step[grid, block, stream]
+    step = configure(_step, grid, block, stream)
     if has_proj:
         tpb = min(128, max(32, 1 << (P - 1).bit_length())) if not SIMULATOR else 4
-        proj = _project[(math.ceil(P / tpb), B, D), tpb, stream]
+        proj = configure(_project, (math.ceil(P / tpb), B, D), tpb, stream)
         for s in range(T):
             step(mode, s, xp, w_hh, b_hh, hbuf, c_n, lengths, out, hraw, opts, peep)
             proj(s, T, hraw, w_hr, hbuf, lengths, out)
