@@ -69,11 +69,13 @@ def _torch_runner(layer, x, lengths, device):
     lt = None if lengths is None else torch.as_tensor(np.asarray(lengths), dtype=torch.int64)
 
     # float32 means float32: cuDNN's TF32 tensor-core path would compare a different precision
-    flags = (torch.backends.cudnn.flags(enabled=True, allow_tf32=False) if device == "cuda"
-             else contextlib.nullcontext())
+    def flags():
+        if device == "cuda":
+            return torch.backends.cudnn.flags(enabled=True, allow_tf32=False)
+        return contextlib.nullcontext()
 
     def run():
-        with torch.inference_mode(), flags:
+        with torch.inference_mode(), flags():
             if lt is None:
                 out, _ = m(xt)
             else:
