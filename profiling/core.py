@@ -479,6 +479,10 @@ def profile(layer, x, hx=None, *, lengths=None, backend=None, head=None, repeats
     phases.sort(key=lambda p: (order.get(p.name, 5) if p.name in ("h2d", "d2h", "head") else 1,
                                -1 if p.layer is None else p.layer, order.get(p.name, 5),
                                -1 if p.direction is None else p.direction))
+    above = [p.label for p in phases + [forward] if p.roof.get("fraction", 0) > 1.05]
+    if above:
+        notes.append(f"{', '.join(above)} above the measured roofline: operands served from cache "
+                     "(the bandwidth roof is memory's) or ceilings measured on a loaded machine")
     if not nvtx_available():
         notes.append("nvtx not installed: no NVTX ranges")
     return Report(_config(layer, T, B, lengths, name), name, str(plan), clock.kind, int(repeats),

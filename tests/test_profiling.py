@@ -283,6 +283,10 @@ def test_torch_baseline_matches_gpu_rnn(rng):
                                      ceilings=ceilings.get("cpu", quick=True), reference=ref)
     diff = [n for n in rep.notes if n.startswith("max_abs_diff")]
     assert diff and float(diff[0].split()[-1]) < 1e-5
+    import torch
+    if not torch.cuda.is_available():
+        with pytest.raises(baselines.Unavailable, match="CUDA"):
+            baselines.runner("torch", layer, x, device="cuda")
     proj = gpu_rnn.LSTM(3, 5, proj_size=2, seed=0)
     with pytest.raises(baselines.Unavailable, match="proj"):
         baselines.runner("onnxruntime", proj, x)
