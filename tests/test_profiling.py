@@ -201,6 +201,31 @@ def test_profile_without_hooks_times_the_whole_call(rng, monkeypatch):
     assert len(rep.forward.times) == 2
 
 
+def test_backend_phase_protocol(rng, monkeypatch):
+    """A backend whose forward takes ``phase=`` names its own phases; kernel hooks are not used."""
+    from gpu_rnn.backends.cpu import CpuBackend
+    from gpu_rnn.profiling import profile
+    orig = CpuBackend.forward
+    calls = []
+
+    def forward(self, layer, call, plan, phase=None):
+        calls.append(phase is not None)
+        if phase is None:
+            return orig(self, layer, call, plan)
+        with phase("recurrence", layer=0, direction=None):
+            return orig(self, layer, call, plan)
+
+    monkeypatch.setattr(CpuBackend, "forward", forward)
+    layer = gpu_rnn.RNN(3, 4, bidirectional=True, seed=0)
+    x = rng.standard_normal((2, 2, 3)).astype(np.float32)
+    rep = profile(layer, x, backend="cpu", repeats=2, warmup=1, quick=True)
+    assert rep.phase_source == "backend phase hooks"
+    assert [p.label for p in rep.phases] == ["recurrence[l0]"]
+    assert rep.phase("recurrence", 0).cost == models.recurrence(Shape("rnn", 2, 2, 3, 4, D=2), 0)
+    assert calls == [False, False, True, True]  # first call and warm-up run unhooked
+    assert "forward" not in vars(gpu_rnn.dispatch.resolve("cpu", None)[0])
+
+
 def test_nvtx_ranges_name_each_phase(rng, monkeypatch):
     import contextlib
     from gpu_rnn.profiling import profile, timing
