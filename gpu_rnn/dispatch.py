@@ -138,8 +138,10 @@ def check_name(request, argname="backend"):
                           f"got {request!r}")
 
 
-def _unavailable(request):
+def _unavailable(request, why=""):
     lines = [f"backend {request!r} is not available here; available: {available_backends()}"]
+    if why:
+        lines.append(f"  ({why})")
     for name, (ok, reason) in backend_status().items():
         if not ok:
             lines.append(f"  {name}: {reason}")
@@ -166,5 +168,5 @@ def resolve(call_backend, layer_backend, device_input=False):
     base, _, variant = req.partition(":")
     ok, reason, _ = _status(base)
     if not ok:
-        raise _unavailable(req)
+        raise _unavailable(req, why)
     return _REGISTRY[base].load(), base, variant, why

@@ -295,3 +295,22 @@ def test_import_compiles_nothing_and_is_light():
         assert heavy == "[]", f"import gpu_rnn imported {heavy}"
         times.append(float(t_numpy) + float(t_pkg))
     assert min(times) < 1.0, f"import gpu_rnn took {min(times):.2f} s (numpy included)"
+
+
+class _DeviceArray:
+    """Looks like a CUDA array (by protocol) without any CUDA library."""
+
+    def __init__(self, shape):
+        self.shape = shape
+        self.dtype = np.dtype(np.float32)
+        self.__cuda_array_interface__ = {"shape": shape, "typestr": "<f4", "data": (0, False), "version": 3}
+
+
+@needs_no_gpu
+def test_device_input_without_gpu_says_why(cpu_spy):
+    layer = gpu_rnn.LSTM(3, 4)
+    with pytest.raises(BackendUnavailableError, match=r"(?s)'cuda' is not available.*input lives on a CUDA device"):
+        layer(_DeviceArray((2, 1, 3)))
+    with pytest.raises(gpu_rnn.DTypeError, match=r"backend 'cpu' needs host arrays.*x lives on a CUDA device"):
+        layer(_DeviceArray((2, 1, 3)), backend="cpu")
+    assert cpu_spy == []

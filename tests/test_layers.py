@@ -382,3 +382,18 @@ def test_nan_and_inf_propagate(mode, dtype, rng):
     with np.errstate(all="ignore"):
         out, _ = layer(np.ones((3, 2, 3), dtype))
     assert out.shape == (3, 2, 4)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_torch_cpu_tensors_in_numpy_out(mode, rng):
+    torch = pytest.importorskip("torch", reason="torch tensors as inputs")
+    layer = make(mode, 3, 4, dtype="float64", seed=0)
+    x = rng.standard_normal((5, 2, 3))
+    h0 = rng.standard_normal((1, 2, 4))
+    hx = (h0, h0 * 0.5) if mode == "LSTM" else h0
+    thx = tuple(torch.from_numpy(a) for a in hx) if mode == "LSTM" else torch.from_numpy(hx)
+    got = flat(layer(torch.from_numpy(x), thx, torch.tensor([5, 3])))
+    want = flat(layer(x, hx, [5, 3]))
+    for g, w in zip(got, want):
+        assert isinstance(g, np.ndarray)
+        np.testing.assert_array_equal(g, w)
