@@ -100,3 +100,14 @@ def test_profile_real_gpu_events_and_ceilings(rng):
     assert rep.clock == "cuda_event"
     _check_cuda_report(rep, Shape("lstm", B=5, T=17, I=65, H=129, D=2, L=2), "stepwise", copies=True)
     assert 0 < rep.phase("recurrence", 0).roof["fraction"] < 1.5
+
+
+@sim_only
+def test_profile_generate_simulator(rng):
+    from gpu_rnn.profiling.core import profile_generate
+    layer = gpu_rnn.GRU(3, 3, seed=0)
+    x0 = rng.standard_normal((2, 3)).astype(np.float32)
+    rep = profile_generate(layer, x0, 2, backend="cuda", repeats=2, warmup=0)
+    assert rep.forward.name == "generate" and len(rep.forward.times) == 2
+    assert all(t > 0 for t in rep.forward.times)
+    assert rep.forward.cost == models.generation(Shape("gru", 2, 1, 3, 3), 2)
