@@ -231,7 +231,9 @@ class RNNBase:
             want = "(B, T, I)" if self.batch_first else "(T, B, I)"
             raise ShapeError(f"x must be 3-D {want} or unbatched 2-D (T, I) with I = {I}, got shape {shape}")
         if shape[-1] != I:
-            raise ShapeError(f"x must have input_size = {I} features in its last dimension, got shape {shape}")
+            legend = ("(B, T, I)" if self.batch_first else "(T, B, I)") if len(shape) == 3 else "(T, I)"
+            raise ShapeError(f"x must have shape {legend} = {shape[:-1] + (I,)} with I = input_size, "
+                             f"got shape {shape}")
         batched = len(shape) == 3
         if batched:
             T, B = (shape[1], shape[0]) if self.batch_first else (shape[0], shape[1])
@@ -363,7 +365,8 @@ class RNNBase:
         else:
             x = x_t.reshape((1,) + tuple(shape)) if hasattr(x_t, "reshape") else np.reshape(x_t, (1,) + tuple(shape))
         out, state = self(x, hx, backend=backend)
-        y = out.reshape(out.shape[-1]) if len(shape) == 1 else out.reshape(shape[0], out.shape[-1])
+        n = out.shape[len(out.shape) - 1]  # not shape[-1]: the CUDA simulator's shape rejects it
+        y = out.reshape(n) if len(shape) == 1 else out.reshape(shape[0], n)
         return y, state
 
 

@@ -53,8 +53,12 @@ def test_x_wrong_ndim_batch_first():
 
 @pytest.mark.parametrize("shape", [(5, 2, 4), (5, 1), (5, 2, 0)])
 def test_x_input_size_mismatch(lstm, shape):
-    with raises(ShapeError, "input_size", "3", f"got shape {shape}"):
+    legend = "(T, B, I)" if len(shape) == 3 else "(T, I)"
+    with raises(ShapeError, f"x must have shape {legend} = {shape[:-1] + (3,)} with I = input_size, got shape {shape}"):
         lstm(x_of(*shape))
+    bf = gpu_rnn.GRU(3, 4, batch_first=True)
+    with raises(ShapeError, "(B, T, I) = (4, 5, 3)", "got shape (4, 5, 2)"):
+        bf(x_of(4, 5, 2))
 
 
 def test_t_zero(lstm):
