@@ -133,7 +133,17 @@ def build_parser():
     p = argparse.ArgumentParser(
         prog="gpu-rnn profile",
         description="Time gpu_rnn's kernels phase by phase over a sweep of shapes, place them on the "
-                    "roofline of this machine and compare with PyTorch / ONNX Runtime in the same run.")
+                    "roofline of this machine and compare with PyTorch / ONNX Runtime in the same run.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  gpu-rnn profile --quick\n"
+               "  gpu-rnn profile --cell lstm,gru --batch 1,16,64 --hidden 256,512 --seq-len 100 "
+               "--compare torch,onnxruntime --threads 2\n"
+               "  gpu-rnn profile --backend cuda:stepwise,cuda:persistent --compare torch --dtype float32,float16\n"
+               "  gpu-rnn profile --config sweep.toml --out results/\n\n"
+               "files in --out: summary.csv (one row per configuration and implementation), phases.csv "
+               "(one row per phase),\nprofile.json (everything, with the ceilings and the plan), "
+               "time_per_step.png, roofline_<device>.png")
     g = p.add_argument_group("sweep (comma-separated lists; the sweep is their product)")
     g.add_argument("--cell", help="lstm, gru, rnn (tanh), rnn_relu [lstm]")
     g.add_argument("--batch", "-B", help="batch sizes B [1,16,64]")
