@@ -293,3 +293,27 @@ def test_huge_inputs_saturate_without_overflow(mode, rng):
     assert np.array_equal(np.isinf(out), np.isinf(want))
     scale = max(1.0, float(np.max(np.abs(want[fin]))))
     assert np.max(np.abs(out[fin] - want[fin])) <= 1e-5 * scale
+
+
+@settings(max_examples=30, deadline=None)
+@given(mode=st.sampled_from(MODES), T=st.integers(1, 7), B=st.integers(1, 4), I=st.integers(1, 6),
+       H=st.integers(1, 6), L=st.integers(1, 3), bidirectional=st.booleans(), batch_first=st.booleans(),
+       batched=st.booleans(), states=st.booleans(), lengths=st.booleans(), proj=st.integers(0, 5),
+       bias=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_layer_cpu_hypothesis(mode, T, B, I, H, L, bidirectional, batch_first, batched, states, lengths,
+                              proj, bias, seed):
+    rng = np.random.default_rng(seed)
+    kw = {"proj_size": proj} if mode == "LSTM" and proj < H else {}
+    layer = make_layer(mode, I, H, num_layers=L, bidirectional=bidirectional, batch_first=batch_first,
+                       bias=bias, seed=seed, **kw)
+    B = B if batched else 1
+    shape = ((B, T, I) if batch_first else (T, B, I)) if batched else (T, I)
+    x = rng.standard_normal(shape)
+    hx = None
+    if states:
+        LD = L * (2 if bidirectional else 1)
+        bdim = (B,) if batched else ()
+        h0 = rng.standard_normal((LD,) + bdim + (layer.output_size,))
+        hx = (h0, rng.standard_normal((LD,) + bdim + (H,))) if mode == "LSTM" else h0
+    lens = rng.integers(1, T + 1, B) if lengths else None
+    compare_layer(layer, x, hx, lens)
