@@ -29,7 +29,6 @@ percentiles, min.
 import contextlib
 import importlib
 import inspect
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -37,7 +36,7 @@ import numpy as np
 
 from . import ceilings as _ceilings
 from . import models
-from .timing import Recorder, clock_for, cuda_simulated, nvtx_available, phase_label
+from .timing import Recorder, clock_for, nvtx_available, phase_label
 
 
 # -- hooks ----------------------------------------------------------------------------------------

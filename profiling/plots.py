@@ -99,6 +99,11 @@ def roofline(ceiling, summary, phases, path):
     for name, peak in sorted(peaks.items()):
         ax.plot(xs, [min(peak, x * bw) for x in xs], label=f"roof {name}: {peak / 1e9:.1f} GFLOP/s, "
                 f"{bw / 1e9:.1f} GB/s")
+    smem = getattr(ceiling, "smem_bandwidth", float("nan"))
+    if _finite(smem) and peaks:
+        top = max(peaks.values())
+        ax.plot(xs, [min(top, x * smem) for x in xs], linestyle="--", color="gray",
+                label=f"shared memory {smem / 1e12:.2f} TB/s")
     seen = set()
     colors = {}
     for kind, label, x, y in pts:
