@@ -7,6 +7,7 @@ import numba
 import numpy as np
 
 from .. import cells
+from . import fast
 
 _C = cells.build(numba.njit(cache=True, inline="always", error_model="numpy"))
 point = _C.point
@@ -120,6 +121,10 @@ def forward(mode, x, params, h0, c0, lengths, num_directions, opts=None, peephol
         for d in range(D):
             k = layer * D + d
             w_ih, w_hh, b_ih, b_hh, w_hr = params[k]
+            if fast.applies(mode, dt, w_hr, peepholes):
+                fast.run_layer(mode, inp, w_ih, w_hh, b_ih, b_hh, h0[k], c0[k], lengths, d == 1,
+                               out, d * P, h_n[k], c_n[k])
+                continue
             xp = _project(inp, w_ih, b_ih)
             w_hr_t = empty if w_hr is None else np.ascontiguousarray(w_hr.T)
             run = recur

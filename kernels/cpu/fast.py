@@ -1,0 +1,402 @@
+"""Fast path of the CPU recurrence for the plain cells (``RNN_TANH``, ``RNN_RELU``, ``LSTM``,
+``GRU``) without projection or peepholes: the common case, and the one the benchmark times.
+
+Legend: T time, B batch, H hidden, G gates, N = G*H.
+
+Per step: the recurrent matmul ``h @ W_hh.T`` into a preallocated ``(B, N)`` buffer, then one
+pointwise pass per sequence whose loop over hidden units vectorises (no calls, no branches but
+selects). Two matmul variants:
+
+- ``SERIAL``: hand-written dot products (:func:`rows_nt`), one thread: no per-step library
+  call or thread wake-up, for small ``B * H * N`` where a BLAS call's overhead dominates;
+- ``PARALLEL``: the same dot products and the pointwise update fused per tile of hidden units
+  (all G gates of units ``j0:j1``), tiles spread over the threads with one ``prange`` per step;
+  the hidden state is double-buffered so no tile reads a half-updated ``h``;
+- ``BLAS``: ``np.dot(h, W_hh.T, out)`` (threaded by the BLAS) then the pointwise pass, for large
+  batches where a blocked sgemm is worth its call.
+
+The input projection of all steps is one BLAS GEMM inside the same compiled call, so a layer
+costs one dispatch from Python, not one per array operation.
+
+Both read ``W_hh`` in its stored (G*H, H) layout: no per-call transpose (a 4 MiB copy at
+H = 512 would cost more than the steps of a short sequence).
+
+float32 uses vectorisable activations (``exp32``, ``tanh32``: a few ulp, checked in the tests);
+float64 keeps ``math.exp``/``math.tanh`` and so the reference's precision. The generic driver
+(``recurrence.recur``) still serves every other case.
+"""
+import math
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, overload
+
+from .. import cells
+
+_jit = numba.njit(cache=True, error_model="numpy")
+_inline = numba.njit(cache=True, error_model="numpy")
+
+# Variants of the recurrent step, chosen per layer call by :func:`variant`.
+SERIAL = 0    # hand-written matmul + pointwise, one thread
+BLAS = 1      # BLAS sgemm (its own threads) + one pointwise pass
+PARALLEL = 2  # hand-written matmul + pointwise fused per tile of hidden units, tiles over threads
+
+# Multiply-adds per step above which two threads pay for their fork/join (about a microsecond
+# with the OpenMP layer), and above which BLAS's blocked sgemm beats the dot products below.
+PARALLEL_MACS = 1 << 18
+BLAS_MACS = 1 << 23
+
+
+# -- vectorisable float32 activations ---------------------------------------------------------
+
+@intrinsic
+def _i32_as_f32(typingctx, i):
+    """Reinterpret an int32's bits as a float32 (vectorises to a register move)."""
+    if i != types.int32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
+@_inline
+def exp32(x):
+    """float32 ``exp`` by Cody-Waite reduction and a degree-7 polynomial (Cephes ``expf``):
+    relative error under 2 ulp for results in the normal range; inputs are clamped to
+    [-87.3, 88.3] (results below ~1.2e-38 come out as ~1.2e-38, +inf saturates to ~2e38);
+    NaN in, NaN out. No call, no branch: the loop around it vectorises."""
+    lo = np.float32(-87.33)
+    hi = np.float32(88.37)
+    if x < lo:
+        x = lo
+    if x > hi:
+        x = hi
+    xs = x if x == x else np.float32(0)  # NaN never reaches the float -> int conversion
+    n = np.floor(xs * np.float32(1.44269504088896341) + np.float32(0.5))
+    r = x - n * np.float32(0.693359375)
+    r = r + n * np.float32(2.12194440e-4)
+    z = r * r
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * z + r + np.float32(1)
+    e = (np.int32(n) + np.int32(127)) << np.int32(23)
+    return p * _i32_as_f32(np.int32(e))
+
+
+@_inline
+def sigmoid32(x):
+    """float32 logistic ``1 / (1 + exp(-x))``: a few ulp relative (results above 1e-38), exact
+    limits 1 at +inf and ~0 at -inf, NaN in, NaN out."""
+    return np.float32(1) / (np.float32(1) + exp32(-x))
+
+
+@_inline
+def tanh32(x):
+    """float32 ``tanh`` as the rational minimax x*P(x^2)/Q(x^2) on [-7.9, 7.9] (the form of
+    Eigen's and ONNX Runtime's fast tanh): relative error a few ulp; ``x`` itself below 4e-4;
+    saturates to +-1 outside, NaN in, NaN out."""
+    c = np.float32(7.90531110763549805)
+    if x > c:
+        x = c
+    if x < -c:
+        x = -c
+    x2 = x * x
+    p = np.float32(-2.76076847742355e-16)
+    p = p * x2 + np.float32(2.00018790482477e-13)
+    p = p * x2 + np.float32(-8.60467152213735e-11)
+    p = p * x2 + np.float32(5.12229709037114e-08)
+    p = p * x2 + np.float32(1.48572235717979e-05)
+    p = p * x2 + np.float32(6.37261928875436e-04)
+    p = p * x2 + np.float32(4.89352455891786e-03)
+    q = np.float32(1.19825839466702e-06)
+    q = q * x2 + np.float32(1.18534705686654e-04)
+    q = q * x2 + np.float32(2.26843463243900e-03)
+    q = q * x2 + np.float32(4.89352518554385e-03)
+    y = x * p / q
+    if abs(x) < np.float32(4e-4):  # tanh(x) = x to float32 precision; exact for subnormals too
+        y = x
+    return y
+
+
+def fsigmoid(x):
+    """Logistic: :func:`sigmoid32` for float32, the exact scalar form for float64."""
+
+
+def ftanh(x):
+    """tanh: :func:`tanh32` for float32, ``math.tanh`` for float64."""
+
+
+@overload(fsigmoid)
+def _ov_fsigmoid(x):
+    if x == types.float32:
+        return lambda x: sigmoid32(x)
+
+    def impl(x):
+        one = type(x)(1)
+        if x >= 0:
+            return one / (one + math.exp(-x))
+        e = math.exp(x)
+        return e / (one + e)
+    return impl
+
+
+@overload(ftanh)
+def _ov_ftanh(x):
+    if x == types.float32:
+        return lambda x: tanh32(x)
+    return lambda x: math.tanh(x)
+
+
+@_inline
+def frelu(x):
+    zero = type(x)(0)
+    if x > zero or x != x:
+        return x
+    return zero
+
+
+# -- the recurrent matmul ---------------------------------------------------------------------
+
+@numba.njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+def rows_nt(h, w, acc, n0, n1):
+    """``acc[:, n0:n1] = h (B, K) @ w[n0:n1] (., K).T``: ``W_hh`` in its own layout, no transpose.
+
+    Dot products over contiguous k, four at a time so each loaded vector feeds four
+    multiply-adds: four sequences per weight row, or (for the last B % 4) four weight rows per
+    sequence. (A 4 x 4 block measured no faster: the 16 vector sums spill.) ``reassoc`` lets the compiler split each sum into vector lanes, so the summation
+    order differs from a sequential loop (within float rounding, as any BLAS)."""
+    B, K = h.shape
+    zero = type(h[0, 0])(0)
+    B4 = B - B % 4
+    for b in range(0, B4, 4):
+        h0 = h[b]
+        h1 = h[b + 1]
+        h2 = h[b + 2]
+        h3 = h[b + 3]
+        for n in range(n0, n1):
+            wn = w[n]
+            s0 = zero
+            s1 = zero
+            s2 = zero
+            s3 = zero
+            for k in range(K):
+                wk = wn[k]
+                s0 += wk * h0[k]
+                s1 += wk * h1[k]
+                s2 += wk * h2[k]
+                s3 += wk * h3[k]
+            acc[b, n] = s0
+            acc[b + 1, n] = s1
+            acc[b + 2, n] = s2
+            acc[b + 3, n] = s3
+    n4 = n1 - (n1 - n0) % 4
+    for b in range(B4, B):
+        hb = h[b]
+        for n in range(n0, n4, 4):
+            w0 = w[n]
+            w1 = w[n + 1]
+            w2 = w[n + 2]
+            w3 = w[n + 3]
+            s0 = zero
+            s1 = zero
+            s2 = zero
+            s3 = zero
+            for k in range(K):
+                hk = hb[k]
+                s0 += w0[k] * hk
+                s1 += w1[k] * hk
+                s2 += w2[k] * hk
+                s3 += w3[k] * hk
+            acc[b, n] = s0
+            acc[b, n + 1] = s1
+            acc[b, n + 2] = s2
+            acc[b, n + 3] = s3
+        for n in range(n4, n1):
+            wn = w[n]
+            s0 = zero
+            for k in range(K):
+                s0 += wn[k] * hb[k]
+            acc[b, n] = s0
+
+
+# -- the pointwise update -----------------------------------------------------------------------
+
+@_jit
+def point_tile(mode, xp_t, acc, b_hn, hc, hn, c, lengths, t, out_t, col, j0, j1):
+    """Units ``j0:j1`` of every sequence at step ``t``: gates from ``xp_t (B, N)`` (biases
+    folded in) plus ``acc (B, N)``; reads ``hc``, writes ``hn`` (the next step's state), ``c`` in
+    place and ``out_t (B, D*H)`` at ``col``. A finished sequence (``t >= lengths[b]``) keeps its
+    state and outputs zeros. The loops over j have no calls nor branches but selects: they
+    vectorise."""
+    B, N = acc.shape
+    H = hc.shape[1]
+    zero = type(acc[0, 0])(0)
+    one = type(acc[0, 0])(1)
+    for b in range(B):
+        hc_b = hc[b]
+        hn_b = hn[b]
+        o_b = out_t[b]
+        if t >= lengths[b]:
+            for j in range(j0, j1):
+                hn_b[j] = hc_b[j]
+                o_b[col + j] = zero
+            continue
+        x_b = xp_t[b]
+        a_b = acc[b]
+        if mode == cells.LSTM:
+            c_b = c[b]
+            for j in range(j0, j1):
+                ig = fsigmoid(x_b[j] + a_b[j])
+                fg = fsigmoid(x_b[H + j] + a_b[H + j])
+                gg = ftanh(x_b[2 * H + j] + a_b[2 * H + j])
+                og = fsigmoid(x_b[3 * H + j] + a_b[3 * H + j])
+                cv = fg * c_b[j] + ig * gg
+                c_b[j] = cv
+                hv = og * ftanh(cv)
+                hn_b[j] = hv
+                o_b[col + j] = hv
+        elif mode == cells.GRU:
+            for j in range(j0, j1):
+                r = fsigmoid(x_b[j] + a_b[j])
+                z = fsigmoid(x_b[H + j] + a_b[H + j])
+                n = ftanh(x_b[2 * H + j] + r * (a_b[2 * H + j] + b_hn[j]))
+                hv = (one - z) * n + z * hc_b[j]
+                hn_b[j] = hv
+                o_b[col + j] = hv
+        elif mode == cells.RNN_TANH:
+            for j in range(j0, j1):
+                hv = ftanh(x_b[j] + a_b[j])
+                hn_b[j] = hv
+                o_b[col + j] = hv
+        else:
+            for j in range(j0, j1):
+                hv = frelu(x_b[j] + a_b[j])
+                hn_b[j] = hv
+                o_b[col + j] = hv
+
+
+# -- the drivers --------------------------------------------------------------------------------
+
+@_jit
+def project(x, w_ih, bias):
+    """Input projection of all steps as one GEMM: ``x (T, B, I) @ w_ih (N, I).T + bias (N,)``."""
+    T, B, I = x.shape
+    N = w_ih.shape[0]
+    xp = np.empty((T * B, N), dtype=x.dtype)
+    np.dot(x.reshape(T * B, I), w_ih.T, xp)
+    for r in range(T * B):
+        for n in range(N):
+            xp[r, n] += bias[n]
+    return xp.reshape(T, B, N)
+
+
+@_jit
+def layer_serial(mode, x, w_ih, w_hh, bias, b_hn, h0, c0, lengths, reverse, out, col, h_n, c_n,
+                 use_blas):
+    """One layer, one direction, all steps, one thread (but the BLAS's own); plain cells only.
+
+    x       (T, B, I) C-contiguous
+    w_ih    (G*H, I), w_hh (G*H, H) as stored (C-contiguous): never transposed
+    bias    (G*H,)  ``b_ih + b_hh``, but for GRU's n gate ``b_ih`` only
+    b_hn    (H,)    GRU: ``b_hh[2H:3H]`` (the reset gate scales it); ignored otherwise
+    h0, c0  (B, H); lengths (B,) int64 as in ``recurrence.recur``
+    out     (T, B, D*H), this direction at ``col``; h_n, c_n (B, H) written
+    use_blas  True: ``np.dot`` per step (``BLAS``), False: :func:`rows_nt` (``SERIAL``)
+    """
+    xp = project(x, w_ih, bias)
+    T, B, N = xp.shape
+    H = h0.shape[1]
+    hc = h0.copy()
+    hn = np.empty_like(hc)
+    c = c0.copy()
+    acc = np.empty((B, N), dtype=xp.dtype)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        if use_blas:
+            np.dot(hc, w_hh.T, acc)
+        else:
+            rows_nt(hc, w_hh, acc, 0, N)
+        point_tile(mode, xp[t], acc, b_hn, hc, hn, c, lengths, t, out[t], col, 0, H)
+        hc, hn = hn, hc
+    h_n[:, :] = hc
+    c_n[:, :] = c
+
+
+@numba.njit(cache=True, error_model="numpy", parallel=True)
+def layer_parallel(mode, x, w_ih, w_hh, bias, b_hn, h0, c0, lengths, reverse, out, col, h_n, c_n,
+                   ntiles):
+    """As :func:`layer_serial` (``PARALLEL``): each step is one ``prange`` over ``ntiles`` tiles
+    of hidden units; a tile computes the recurrent rows of all G gates of its units, then their
+    pointwise update, so the step needs no second barrier."""
+    xp = project(x, w_ih, bias)
+    T, B, N = xp.shape
+    H = h0.shape[1]
+    G = N // H
+    hc = h0.copy()
+    hn = np.empty_like(hc)
+    c = c0.copy()
+    acc = np.empty((B, N), dtype=xp.dtype)
+    # tile edges on multiples of 16 units: whole vectors, no false sharing of cache lines
+    step = ((H + ntiles - 1) // ntiles + 15) // 16 * 16
+    nt = (H + step - 1) // step
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        for p in numba.prange(nt):
+            j0 = p * step
+            j1 = min(j0 + step, H)
+            for g in range(G):
+                rows_nt(hc, w_hh, acc, g * H + j0, g * H + j1)
+            point_tile(mode, xp[t], acc, b_hn, hc, hn, c, lengths, t, out[t], col, j0, j1)
+        hc, hn = hn, hc
+    h_n[:, :] = hc
+    c_n[:, :] = c
+
+
+def applies(mode, dtype, w_hr, peepholes):
+    """Whether the fast drivers serve this layer: plain cells, no projection, no peepholes."""
+    return (mode in (cells.RNN_TANH, cells.RNN_RELU, cells.LSTM, cells.GRU) and w_hr is None
+            and peepholes is None and dtype in (np.float32, np.float64))
+
+
+def variant(B, H, G, threads=None):
+    """``SERIAL``, ``PARALLEL`` or ``BLAS`` for a step of ``B * H * G*H`` multiply-adds."""
+    macs = B * H * G * H
+    if macs >= BLAS_MACS and B >= 8:
+        return BLAS
+    if threads is None:
+        threads = numba.get_num_threads()
+    if threads >= 2 and macs >= PARALLEL_MACS and H >= 32:
+        return PARALLEL
+    return SERIAL
+
+
+def run_layer(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, out, col, h_n, c_n,
+              force=None):
+    """One layer and direction of a plain cell. ``force`` picks the variant (tests)."""
+    dt = x.dtype
+    GH, H = w_hh.shape
+    G = GH // H
+    B = x.shape[1]
+    bias = (b_ih + b_hh).astype(dt)
+    if G == 3:
+        bias[2 * H:] = b_ih[2 * H:]
+        b_hn = np.ascontiguousarray(b_hh[2 * H:], dtype=dt)
+    else:
+        b_hn = bias[:H]
+    v = variant(B, H, G) if force is None else force
+    args = (mode, np.ascontiguousarray(x), np.ascontiguousarray(w_ih, dtype=dt),
+            np.ascontiguousarray(w_hh, dtype=dt), bias, b_hn, np.ascontiguousarray(h0, dtype=dt),
+            np.ascontiguousarray(c0, dtype=dt), lengths, reverse, out, col, h_n, c_n)
+    if v == PARALLEL:
+        layer_parallel(*args, numba.get_num_threads())
+    else:
+        layer_serial(*args, v == BLAS)
+    return v

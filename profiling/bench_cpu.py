@@ -1,0 +1,305 @@
+"""CPU benchmark: gpu_rnn's CPU backend against PyTorch CPU and ONNX Runtime, same process.
+
+For every shape of the grid (cell x B x T x H, I = H, one layer, float32) the three libraries run
+the same weights and inputs, interleaved round by round (so drift and neighbours' noise hit all
+of them alike); the median of the rounds is reported in µs per time step, with the ratio to the
+faster baseline and the shape's fraction of its floor:
+
+- floor = max(FLOPs / GEMM peak, recurrent weight bytes per step / memory bandwidth), both
+  ceilings measured here with NumPy (an sgemm of 2048^2 and an sgemv over a 64 MiB matrix);
+  FLOPs = 2 B G H (I + H) per step (input projection and recurrent matmul), the bound at large
+  batch; the weights ``G H H * 4`` bytes must be read every step, the bound at batch 1.
+
+    python -m gpu_rnn.profiling.bench_cpu                    # full grid, under 10 minutes
+    python -m gpu_rnn.profiling.bench_cpu --quick            # a few shapes, about a minute
+    python -m gpu_rnn.profiling.bench_cpu --cells LSTM --batch 1,64 --hidden 256 --seq 50
+    python -m gpu_rnn.profiling.bench_cpu --csv cpu.csv --write-benchmarks BENCHMARKS.md
+
+Thread counts are fixed before the libraries load: ``--threads`` (default 2) for PyTorch
+(``torch.set_num_threads``), ONNX Runtime (``intra_op_num_threads``) and the BLAS that gpu_rnn's
+CPU kernels call (``OPENBLAS_NUM_THREADS``, ``NUMBA_NUM_THREADS``). Run it on a quiet machine:
+another process on the same cores makes every number meaningless.
+"""
+import argparse
+import os
+import platform
+import sys
+import time
+
+CELLS = ("LSTM", "GRU", "RNN")
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+BEGIN = "<!-- bench_cpu:begin -->"
+END = "<!-- bench_cpu:end -->"
+
+
+def _set_threads(n):
+    # must happen before numpy / numba / torch load their thread pools
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[var] = str(n)
+
+
+def _ints(s):
+    return [int(v) for v in s.split(",") if v]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m gpu_rnn.profiling.bench_cpu", description=__doc__.split("\n")[0])
+    p.add_argument("--cells", default="LSTM,GRU,RNN", help="comma list of LSTM, GRU, RNN")
+    p.add_argument("--batch", default="1,16,64", type=_ints, help="batch sizes B")
+    p.add_argument("--seq", default="50,100", type=_ints, help="sequence lengths T")
+    p.add_argument("--hidden", default="64,256,512", type=_ints, help="hidden sizes H (= input size I)")
+    p.add_argument("--threads", default=2, type=int)
+    p.add_argument("--quick", action="store_true",
+                   help="B in {1, 64}, T = 50, H in {64, 512}, fewer rounds")
+    p.add_argument("--budget", default=1.2, type=float,
+                   help="seconds of timed calls per shape and library (full run: about 1.2)")
+    p.add_argument("--libs", default="gpu_rnn,torch,ort", help="comma list of gpu_rnn, torch, ort")
+    p.add_argument("--csv", default=None, help="write the rows as CSV here")
+    p.add_argument("--md", default=None, help="write the markdown table here")
+    p.add_argument("--write-benchmarks", default=None, metavar="BENCHMARKS.md",
+                   help="replace the CPU table between the bench_cpu markers of this file")
+    a = p.parse_args(argv)
+    a.cells = [c.strip().upper() for c in a.cells.split(",") if c.strip()]
+    for c in a.cells:
+        if c not in CELLS:
+            p.error(f"--cells: expected some of {CELLS}, got {c!r}")
+    a.libs = [v.strip() for v in a.libs.split(",") if v.strip()]
+    if a.quick:
+        a.batch, a.seq, a.hidden, a.budget = [1, 64], [50], [64, 512], 0.4
+    return a
+
+
+# -- ceilings -----------------------------------------------------------------------------------
+
+def measure_ceilings(np):
+    """(GEMM peak in FLOP/s, memory bandwidth in B/s), float32, the BLAS's threads."""
+    rng = np.random.default_rng(0)
+    n = 2048
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.empty((n, n), np.float32)
+    np.dot(a, b, out=c)
+    best = min(_timeit(lambda: np.dot(a, b, out=c)) for _ in range(5))
+    peak = 2.0 * n ** 3 / best
+    m = rng.standard_normal((4096, 4096), dtype=np.float32)  # 64 MiB: far beyond any cache
+    v = rng.standard_normal(4096, dtype=np.float32)
+    y = np.empty(4096, np.float32)
+    np.dot(m, v, out=y)
+    best = min(_timeit(lambda: np.dot(m, v, out=y)) for _ in range(7))
+    bw = m.nbytes / best
+    return peak, bw
+
+
+def _timeit(f):
+    t = time.perf_counter()
+    f()
+    return time.perf_counter() - t
+
+
+# -- the three libraries ------------------------------------------------------------------------
+
+def make_ours(cell, H, seed):
+    import gpu_rnn
+    cls = {"LSTM": gpu_rnn.LSTM, "GRU": gpu_rnn.GRU, "RNN": gpu_rnn.RNN}[cell]
+    layer = cls(H, H, dtype="float32", backend="cpu", seed=seed)
+
+    def run(x):
+        return layer(x)[0]
+    return layer, run
+
+
+def make_torch(cell, layer, threads):
+    import torch
+    torch.set_num_threads(threads)
+    H = layer.hidden_size
+    mod = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU, "RNN": torch.nn.RNN}[cell](H, H)
+    mod.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in layer.state_dict().items()})
+    mod.eval()
+
+    def run(x):
+        with torch.inference_mode():
+            return mod(torch.from_numpy(x))[0].numpy()
+    return run
+
+
+def _onnx_blocks(w, order, H):
+    import numpy as np
+    return np.concatenate([w[k * H:(k + 1) * H] for k in order], axis=0)
+
+
+def make_ort(cell, layer, threads):
+    """A single-node ONNX model (weights as initializers) and its ORT session."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    H = layer.hidden_size
+    sd = layer.state_dict()
+    # PyTorch gate order -> ONNX: LSTM i,f,g,o -> i,o,f,c; GRU r,z,n -> z,r,h
+    order = {"LSTM": [0, 3, 1, 2], "GRU": [1, 0, 2], "RNN": [0]}[cell]
+    W = _onnx_blocks(sd["weight_ih_l0"], order, H)[None]
+    R = _onnx_blocks(sd["weight_hh_l0"], order, H)[None]
+    Bv = np.concatenate([_onnx_blocks(sd["bias_ih_l0"], order, H),
+                         _onnx_blocks(sd["bias_hh_l0"], order, H)])[None]
+    inits = [numpy_helper.from_array(W.astype(np.float32), "W"),
+             numpy_helper.from_array(R.astype(np.float32), "R"),
+             numpy_helper.from_array(Bv.astype(np.float32), "B")]
+    attrs = {"hidden_size": H}
+    if cell == "GRU":
+        attrs["linear_before_reset"] = 1  # PyTorch's GRU
+    node = helper.make_node(cell, ["X", "W", "R", "B"], ["Y"], **attrs)
+    graph = helper.make_graph(
+        [node], f"bench_{cell}",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "B", H])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["T", 1, "B", H])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = min(model.ir_version, 9)
+    onnx.checker.check_model(model)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+    def run(x):
+        return sess.run(None, {"X": x})[0][:, 0]  # (T, D=1, B, H) -> (T, B, H)
+    return run
+
+
+# -- one shape ----------------------------------------------------------------------------------
+
+def bench_shape(np, cell, B, T, H, libs, threads, budget, ceil):
+    x = np.random.default_rng(B * 1000 + T + H).standard_normal((T, B, H), dtype=np.float32)
+    layer, ours = make_ours(cell, H, seed=H + B)
+    runs = {}
+    if "gpu_rnn" in libs:
+        runs["gpu_rnn"] = ours
+    if "torch" in libs:
+        runs["torch"] = make_torch(cell, layer, threads)
+    if "ort" in libs:
+        runs["ort"] = make_ort(cell, layer, threads)
+    ref = ours(x)
+    for name, f in runs.items():  # warm-up (compiles, allocates) and agreement
+        y = f(x)
+        err = float(np.max(np.abs(y - ref)))
+        if not err < 1e-3:
+            raise RuntimeError(f"{cell} B={B} T={T} H={H}: {name} differs from gpu_rnn by {err:.3g}")
+    per_call = max(_timeit(lambda: f(x)) for f in runs.values())
+    rounds = int(min(41, max(5, budget / max(per_call, 1e-6))))
+    times = {k: [] for k in runs}
+    for _ in range(rounds):
+        for name, f in runs.items():
+            times[name].append(_timeit(lambda: f(x)))
+    med = {k: float(np.median(v)) / T * 1e6 for k, v in times.items()}
+    G = GATES[cell]
+    flops = 2.0 * B * G * H * (H + H)
+    wbytes = 4.0 * G * H * H
+    floor = max(flops / ceil[0], wbytes / ceil[1]) * 1e6
+    row = {"cell": cell, "B": B, "T": T, "H": H, "rounds": rounds}
+    for k in ("gpu_rnn", "torch", "ort"):
+        row[k + "_us"] = med.get(k, float("nan"))
+    base = [med[k] for k in ("torch", "ort") if k in med]
+    row["best_baseline_us"] = min(base) if base else float("nan")
+    row["ratio"] = row["best_baseline_us"] / row["gpu_rnn_us"] if "gpu_rnn" in med else float("nan")
+    row["floor_us"] = floor
+    row["floor_fraction"] = floor / row["gpu_rnn_us"] if "gpu_rnn" in med else float("nan")
+    row["bound"] = "flops" if flops / ceil[0] >= wbytes / ceil[1] else "bytes"
+    return row
+
+
+FIELDS = ["cell", "B", "T", "H", "gpu_rnn_us", "torch_us", "ort_us", "best_baseline_us", "ratio",
+          "floor_us", "floor_fraction", "bound", "rounds"]
+
+
+def to_markdown(rows, header):
+    lines = [header, "",
+             "| cell | B | T | H | gpu_rnn µs/step | torch µs/step | ORT µs/step | speed-up vs faster baseline | floor µs/step (bound) | fraction of floor |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['cell']} | {r['B']} | {r['T']} | {r['H']} | {r['gpu_rnn_us']:.2f} | "
+                     f"{r['torch_us']:.2f} | {r['ort_us']:.2f} | {r['ratio']:.2f}× | "
+                     f"{r['floor_us']:.2f} ({r['bound']}) | {100 * r['floor_fraction']:.0f}% |")
+    wins = sum(1 for r in rows if r["ratio"] >= 1.0)
+    lines += ["", f"gpu_rnn at least as fast as the faster baseline on {wins} of {len(rows)} shapes "
+              "(speed-up = faster baseline's time / gpu_rnn's time; medians of interleaved rounds)."]
+    return "\n".join(lines) + "\n"
+
+
+def machine_line(threads, ceil):
+    import numpy as np
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    vers = [f"numpy {np.__version__}"]
+    for mod in ("numba", "torch", "onnxruntime"):
+        try:
+            vers.append(f"{mod} {__import__(mod).__version__}")
+        except ImportError:
+            pass
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, {threads} threads per library; "
+            f"measured GEMM peak {ceil[0] / 1e9:.0f} GFLOP/s, bandwidth {ceil[1] / 1e9:.1f} GB/s; "
+            f"{', '.join(vers)}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+
+
+def write_benchmarks(path, md):
+    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
+    block = f"{BEGIN}\n{md}{END}\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n## CPU\n\n" + block
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if os.environ.get("GPU_RNN_BENCH_THREADS") != str(args.threads):
+        # numpy's BLAS is loaded already (by gpu_rnn) and reads its thread count at load: restart
+        # with the counts in the environment, before any library starts its pool
+        _set_threads(args.threads)
+        os.environ["GPU_RNN_BENCH_THREADS"] = str(args.threads)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        os.execv(sys.executable, [sys.executable, "-m", "gpu_rnn.profiling.bench_cpu"] + argv)
+    import numpy as np
+    ceil = measure_ceilings(np)
+    rows = []
+    t0 = time.perf_counter()
+    for cell in args.cells:
+        for H in args.hidden:
+            for B in args.batch:
+                for T in args.seq:
+                    r = bench_shape(np, cell, B, T, H, args.libs, args.threads, args.budget, ceil)
+                    rows.append(r)
+                    print(f"{cell:4s} B={B:3d} T={T:3d} H={H:4d}  gpu_rnn {r['gpu_rnn_us']:9.2f}  "
+                          f"torch {r['torch_us']:9.2f}  ort {r['ort_us']:9.2f} µs/step  "
+                          f"speed-up {r['ratio']:.2f}  floor {100 * r['floor_fraction']:.0f}%", flush=True)
+    cmd = "python -m gpu_rnn.profiling.bench_cpu " + " ".join(sys.argv[1:] if argv is None else argv)
+    header = (f"Machine: {machine_line(args.threads, ceil)}.\n\nCommand: `{cmd.strip()}` "
+              f"({time.perf_counter() - t0:.0f} s). float32, one layer, I = H.")
+    md = to_markdown(rows, header)
+    print()
+    print(md)
+    if args.csv:
+        import csv
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(md)
+    if args.write_benchmarks:
+        write_benchmarks(args.write_benchmarks, md)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,309 @@
+"""The CPU fast paths (``gpu_rnn.kernels.cpu.fast``) against the float64 reference.
+
+Every variant of the recurrent step (``SERIAL``, ``BLAS``, ``PARALLEL``) is forced in turn and
+checked over awkward shapes (1, primes, 2^k+1; hidden sizes that do not fill a vector or a
+tile), both directions, stacked layers, per-sequence lengths, NaN and saturating inputs; the
+outputs are poisoned (NaN) beforehand and a spy proves which driver ran. The vectorisable float32
+activations are checked against float64 over their whole range and at the special values.
+float64 must agree to 1e-10 relative, float32 to 1e-5 (per element, over the output's scale).
+"""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gpu_rnn import reference
+from gpu_rnn.kernels import cells
+from gpu_rnn.kernels import cpu as kcpu
+from gpu_rnn.kernels.cpu import fast
+
+MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
+GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
+VARIANTS = {"serial": fast.SERIAL, "blas": fast.BLAS, "parallel": fast.PARALLEL}
+TOL = {np.float64: 1e-10, np.float32: 1e-5}
+
+
+def make_case(rng, mode, T, B, I, H, L=1, D=1, dtype=np.float32, scale=0.6, lengths=True):
+    g = GATES[mode]
+    params = []
+    for layer in range(L):
+        n_in = I if layer == 0 else D * H
+        for _ in range(D):
+            params.append((rng.uniform(-scale, scale, (g * H, n_in)).astype(dtype),
+                           rng.uniform(-scale, scale, (g * H, H)).astype(dtype),
+                           rng.uniform(-scale, scale, g * H).astype(dtype),
+                           rng.uniform(-scale, scale, g * H).astype(dtype), None))
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = rng.standard_normal((L * D, B, H)).astype(dtype)
+    c0 = rng.standard_normal((L * D, B, H)).astype(dtype)
+    lens = rng.integers(1, T + 1, B).astype(np.int64) if lengths else np.full(B, T, np.int64)
+    lens[rng.integers(B)] = T
+    return x, params, h0, c0, lens
+
+
+def scaled_err(got, want):
+    assert got.shape == want.shape, (got.shape, want.shape)
+    scale = max(1.0, float(np.nanmax(np.abs(want))))
+    return float(np.nanmax(np.abs(got.astype(np.float64) - want))) / scale
+
+
+@pytest.fixture
+def force(monkeypatch):
+    """Force one variant and count the calls of each driver (the spy)."""
+    calls = {"serial": 0, "parallel": 0, "blas": 0}
+    real_serial, real_parallel = fast.layer_serial, fast.layer_parallel
+
+    def serial(*a):
+        calls["blas" if a[-1] else "serial"] += 1
+        return real_serial(*a)
+
+    def parallel(*a):
+        calls["parallel"] += 1
+        return real_parallel(*a)
+
+    monkeypatch.setattr(fast, "layer_serial", serial)
+    monkeypatch.setattr(fast, "layer_parallel", parallel)
+
+    def use(name):
+        monkeypatch.setattr(fast, "variant", lambda B, H, G, threads=None: VARIANTS[name])
+        return calls
+    return use
+
+
+def check(mode, x, params, h0, c0, lens, D, dtype):
+    """kcpu.forward (outputs poisoned) against the float64 reference."""
+    # compile first: numba must not see the patched np.empty while it types the kernels
+    kcpu.forward(cells.MODES[mode], x, params, h0, c0, lens, D)
+    real_empty = np.empty
+
+    def poisoned(*a, **kw):
+        out = real_empty(*a, **kw)
+        if out.dtype.kind == "f":
+            out.fill(np.nan)
+        return out
+    np.empty = poisoned
+    try:
+        out, hn, cn = kcpu.forward(cells.MODES[mode], x, params, h0, c0, lens, D)
+    finally:
+        np.empty = real_empty
+    p64 = [tuple(None if a is None else a.astype(np.float64) for a in p) for p in params]
+    r = reference.forward(mode, x.astype(np.float64), p64, h0.astype(np.float64),
+                          c0.astype(np.float64) if mode == "LSTM" else None, lens, D)
+    assert out.dtype == dtype and hn.dtype == dtype
+    assert not np.isnan(out).any() and not np.isnan(hn).any(), "an output was never written"
+    errs = [scaled_err(out, r[0]), scaled_err(hn, r[1])]
+    if mode == "LSTM":
+        errs.append(scaled_err(cn, r[2]))
+    assert max(errs) <= TOL[dtype], f"{mode} {dtype.__name__}: scaled errors {errs}"
+
+
+SHAPES = [  # T, B, I, H
+    (1, 1, 1, 1),
+    (5, 1, 3, 7),
+    (6, 3, 17, 16),
+    (7, 5, 9, 33),
+    (3, 4, 33, 64),
+    (4, 13, 5, 67),
+    (2, 17, 20, 129),
+]
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_variants_match_reference(force, rng, variant, mode, dtype):
+    calls = force(variant)
+    for T, B, I, H in SHAPES:
+        for D in (1, 2):
+            case = make_case(rng, mode, T, B, I, H, D=D, dtype=dtype)
+            check(mode, *case, D, dtype)
+    # one per layer and direction (D = 1, 2), twice per check (compile, then poisoned run)
+    assert calls[variant] == 2 * 3 * len(SHAPES), calls
+    assert sum(calls.values()) == calls[variant], calls
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_stacked_bidirectional(force, rng, variant):
+    calls = force(variant)
+    for mode in MODES:
+        case = make_case(rng, mode, 9, 6, 11, 37, L=3, D=2)
+        check(mode, *case, 2, np.float32)
+    assert calls[variant] == 2 * 4 * 6
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_long_sequence_float32(force, rng, variant):
+    """Error does not grow out of tolerance over a long sequence (257 steps)."""
+    force(variant)
+    for mode in MODES:
+        case = make_case(rng, mode, 257, 3, 8, 48, scale=0.3)
+        check(mode, *case, 1, np.float32)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_saturating_inputs(force, rng, variant, dtype):
+    """Huge pre-activations (|a| up to ~1e3): gates saturate to exactly the limits, no inf/NaN."""
+    force(variant)
+    for mode in ("LSTM", "GRU", "RNN_TANH"):
+        x, params, h0, c0, lens = make_case(rng, mode, 4, 5, 6, 19, dtype=dtype)
+        x = (x * 300).astype(dtype)
+        check(mode, x, params, h0, c0, lens, 1, dtype)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("mode", MODES)
+def test_nan_and_inf_propagate(force, rng, variant, mode):
+    """A NaN in one sequence's input poisons that sequence only, as in the reference; +-inf
+    inputs give the reference's values (saturated gates), never a crash."""
+    force(variant)
+    x, params, h0, c0, lens = make_case(rng, mode, 5, 4, 7, 20, lengths=False)
+    x[1, 2, 3] = np.nan
+    x[2, 0, 1] = np.inf
+    x[3, 3, 0] = -np.inf
+    out, hn, _ = kcpu.forward(cells.MODES[mode], x, params, h0, c0, lens, 1)
+    p64 = [tuple(None if a is None else a.astype(np.float64) for a in p) for p in params]
+    with np.errstate(all="ignore"):
+        r = reference.forward(mode, x.astype(np.float64), p64, h0.astype(np.float64),
+                              c0.astype(np.float64) if mode == "LSTM" else None, lens, 1)
+    assert np.array_equal(np.isnan(out), np.isnan(r[0]))
+    assert np.isnan(out[1:, 2]).all()
+    if mode != "RNN_RELU":  # relu passes inf on, and inf - inf is NaN (the reference agrees)
+        assert not np.isnan(out[:, [0, 1, 3]]).any()
+    ok = np.isfinite(r[0])
+    assert np.array_equal(out[~ok], r[0][~ok], equal_nan=True)  # the same NaN and inf
+    assert np.abs(out[ok] - r[0][ok]).max() <= 1e-5 * max(1.0, np.abs(r[0][ok]).max())
+    assert np.array_equal(np.isnan(hn), np.isnan(r[1]))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mode=st.sampled_from(MODES), variant=st.sampled_from(list(VARIANTS)),
+       T=st.integers(1, 9), B=st.integers(1, 9), I=st.integers(1, 40), H=st.integers(1, 70),
+       D=st.integers(1, 2), L=st.integers(1, 2), seed=st.integers(0, 2 ** 32 - 1),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_hypothesis_shapes(force, mode, variant, T, B, I, H, D, L, seed, dtype):
+    force(variant)
+    case = make_case(np.random.default_rng(seed), mode, T, B, I, H, L=L, D=D, dtype=dtype)
+    check(mode, *case, D, dtype)
+
+
+def test_direct_call_writes_every_output(rng):
+    """``run_layer`` on NaN-filled out / h_n / c_n, every variant: all written, all agree."""
+    T, B, I, H = 6, 5, 9, 41
+    x, params, h0, c0, lens = make_case(rng, "LSTM", T, B, I, H)
+    results = []
+    for v in VARIANTS.values():
+        out = np.full((T, B, 2 * H), np.nan, np.float32)
+        hn = np.full((B, H), np.nan, np.float32)
+        cn = np.full((B, H), np.nan, np.float32)
+        w_ih, w_hh, b_ih, b_hh, _ = params[0]
+        assert fast.run_layer(cells.LSTM, x, w_ih, w_hh, b_ih, b_hh, h0[0], c0[0], lens, False,
+                              out, H, hn, cn, force=v) == v
+        assert np.isnan(out[:, :, :H]).all(), "wrote outside its column block"
+        assert not np.isnan(out[:, :, H:]).any() and not np.isnan(hn).any() and not np.isnan(cn).any()
+        results.append(out[:, :, H:])
+    r = reference.forward("LSTM", x.astype(np.float64),
+                          [tuple(None if a is None else a.astype(np.float64) for a in params[0])],
+                          h0.astype(np.float64), c0.astype(np.float64), lens, 1)
+    for res in results:
+        assert scaled_err(res, r[0]) <= 1e-5
+
+
+def test_variant_choice():
+    assert fast.variant(1, 64, 4, threads=2) == fast.SERIAL       # tiny: no fork/join per step
+    assert fast.variant(1, 512, 4, threads=2) == fast.PARALLEL    # matvec split over both cores
+    assert fast.variant(1, 512, 4, threads=1) == fast.SERIAL
+    assert fast.variant(64, 512, 4, threads=2) == fast.BLAS
+    assert fast.variant(2, 1024, 4, threads=2) == fast.PARALLEL   # BLAS only for real batches
+
+
+def test_slow_path_still_serves_the_rest(rng, monkeypatch):
+    """Projection (w_hr) and extended modes go to the generic driver, not the fast one."""
+    def boom(*a, **k):
+        raise AssertionError("fast path taken")
+    monkeypatch.setattr(fast, "run_layer", boom)
+    x, params, h0, c0, lens = make_case(rng, "LSTM", 4, 3, 5, 6)
+    w_ih, w_hh, b_ih, b_hh, _ = params[0]
+    w_hr = rng.uniform(-0.5, 0.5, (4, 6)).astype(np.float32)
+    p = [(w_ih, rng.uniform(-0.5, 0.5, (24, 4)).astype(np.float32), b_ih, b_hh, w_hr)]
+    out, hn, cn = kcpu.forward(cells.LSTM, x, p, h0[:, :, :4].copy(), c0, lens, 1)
+    p64 = [tuple(a.astype(np.float64) for a in p[0])]
+    r = reference.forward("LSTM", x.astype(np.float64), p64, h0[:, :, :4].astype(np.float64),
+                          c0.astype(np.float64), lens, 1)
+    assert scaled_err(out, r[0]) <= 1e-5
+
+
+# -- the float32 activations ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def act32():
+    import numba
+
+    @numba.njit(error_model="numpy")
+    def apply(x, s, t, e):
+        for i in range(x.shape[0]):
+            s[i] = fast.sigmoid32(x[i])
+            t[i] = fast.tanh32(x[i])
+            e[i] = fast.exp32(x[i])
+
+    def run(x):
+        x = np.asarray(x, np.float32)
+        s, t, e = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+        apply(x, s, t, e)
+        return s, t, e
+    return run
+
+
+def test_activations_relative_error(act32):
+    rng = np.random.default_rng(7)
+    x = np.concatenate([np.linspace(-90, 90, 400_001), rng.uniform(-10, 10, 200_000),
+                        np.logspace(-38, 1.5, 20_000), -np.logspace(-38, 1.5, 20_000),
+                        np.float32(np.arange(-2000, 2000)) * np.float32(1e-3)]).astype(np.float32)
+    s, t, e = act32(x)
+    assert s.dtype == t.dtype == e.dtype == np.float32
+    xd = x.astype(np.float64)
+    ts = 1.0 / (1.0 + np.exp(-xd))
+    tt = np.tanh(xd)
+    te = np.exp(xd)
+    normal = ts > 1.2e-38
+    rs = np.abs(s - ts)[normal] / ts[normal]
+    nz = tt != 0
+    rt = np.abs(t - tt)[nz] / np.abs(tt[nz])
+    en = (te > 1.2e-38) & (te < 1e38)
+    re = np.abs(e - te)[en] / te[en]
+    assert rs.max() <= 1e-6, rs.max()
+    assert rt.max() <= 1e-6, rt.max()
+    assert re.max() <= 1e-6, re.max()
+    assert np.abs(s - ts).max() <= 1e-7  # absolute, everywhere (tiny results included)
+    assert np.all(t[x == 0] == 0) and np.all(s[x == 0] == 0.5)
+
+
+def test_activations_special_values(act32):
+    x = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e30, -1e30, 88.0, -88.0, 89.0, -104.0]
+    s, t, e = act32(x)
+    assert np.isnan(s[0]) and np.isnan(t[0]) and np.isnan(e[0])
+    assert s[1] == 1.0 and t[1] == 1.0
+    assert 0.0 <= s[2] < 1e-37 and t[2] == -1.0
+    assert s[5] == 1.0 and t[5] == 1.0 and 0.0 <= s[6] < 1e-37 and t[6] == -1.0
+    assert np.all(np.isfinite(s[1:])) and np.all(np.isfinite(t[1:]))
+    assert np.all((s[1:] >= 0) & (s[1:] <= 1)) and np.all(np.abs(t[1:]) <= 1)
+    assert np.isfinite(e[1]) and e[2] >= 0 and np.isfinite(e[9])
+    # monotone across the clamps and the polynomial's edges; the rational tanh wiggles by a
+    # few ulp near |x| ~ 5.8 (within its error bound, never more)
+    xs = np.linspace(-20, 20, 100_001)
+    s, t, _ = act32(xs)
+    assert np.all(np.diff(s) >= 0)
+    assert np.all(np.diff(t) >= -4e-7)
+
+
+def test_float32_step_vectorises():
+    """The float32 pointwise loop compiles to vector instructions (no scalar libm calls): the
+    fast activations are what make it so. A fresh, uncached compile to read its LLVM IR."""
+    import numba
+    f = numba.njit(error_model="numpy")(fast.point_tile.py_func)
+    B, H = 2, 32
+    a = np.zeros((B, 4 * H), np.float32)
+    h = np.zeros((B, H), np.float32)
+    f(cells.LSTM, a, a, h[0], h, h.copy(), h.copy(), np.ones(B, np.int64), 0, h.copy(), 0, 0, H)
+    ir = f.inspect_llvm(f.signatures[0])
+    assert "fdiv <" in ir or "fdiv fast <" in ir, "no vector division: the activations did not vectorise"
