@@ -116,13 +116,13 @@ def test_repr_lstm_proj_and_extras():
 
 # -- weights ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("kw", [{}, {"num_layers": 3, "bidirectional": True}, {"bias": False, "num_layers": 2},
-                                {"proj_size": 2, "num_layers": 2, "bidirectional": True}])
+@pytest.mark.parametrize("mode,kw", [
+    (mode, kw) for mode in MODES
+    for kw in ({}, {"num_layers": 3, "bidirectional": True}, {"bias": False, "num_layers": 2},
+               {"proj_size": 2, "num_layers": 2, "bidirectional": True})
+    if mode == "LSTM" or "proj_size" not in kw])
 def test_state_dict_names_and_shapes_like_torch(mode, kw):
     torch = pytest.importorskip("torch", reason="compares with torch's state_dict")
-    if "proj_size" in kw and mode != "LSTM":
-        pytest.skip("proj_size is LSTM only")
     ours = make(mode, 3, 5, **kw).state_dict()
     theirs = torch_module(torch, mode, 3, 5, **kw).state_dict()
     assert list(ours) == list(theirs)
@@ -197,13 +197,12 @@ FROM_TORCH = [
 ]
 
 
-@pytest.mark.parametrize("kw", FROM_TORCH + [{"proj_size": 2, "num_layers": 2, "bidirectional": True}])
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.filterwarnings("ignore:LSTM with projections")
+@pytest.mark.parametrize("mode,kw", [(mode, kw) for mode in MODES for kw in FROM_TORCH] +
+                         [("LSTM", {"proj_size": 2, "num_layers": 2, "bidirectional": True})])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_from_torch(mode, kw, dtype, rng):
     torch = pytest.importorskip("torch", reason="builds from torch modules")
-    if "proj_size" in kw and mode != "LSTM":
-        pytest.skip("proj_size is LSTM only")
     torch.manual_seed(int(rng.integers(1 << 30)))
     m = torch_module(torch, mode, 5, 7, **kw).to(getattr(torch, dtype)).eval()
     cls = gpu_rnn.RNN if mode.startswith("RNN") else getattr(gpu_rnn, mode)
