@@ -41,6 +41,7 @@ import numpy as np
 from numba import cuda
 
 from .. import cells
+from .common import configure
 
 _C = cells.build(cuda.jit(device=True))
 _point = _C.point
@@ -242,9 +243,9 @@ def run_generate(mode, steps, x0, tok0, start_tokens, w_ih0_t, w_ih_t, w_hh_t, b
     xbuf = cuda.device_array((B, I), dtype=dt, stream=stream)
     red_v = cuda.device_array((B, nt), dtype=dt, stream=stream)
     red_i = cuda.device_array((B, nt), dtype=np.int64, stream=stream)
-    generate_kernel[1, nt, stream](mode, steps, start_tokens, has_proj, has_head, token_mode,
-                                   x0, tok0, w_ih0_t, w_ih_t, w_hh_t, b_ih, b_hh, w_hr_t, h, c, hraw,
-                                   head_t, head_b, emb, opts, xbuf, outputs, tokens, red_v, red_i)
+    configure(generate_kernel, 1, nt, stream)(mode, steps, start_tokens, has_proj, has_head, token_mode,
+                                              x0, tok0, w_ih0_t, w_ih_t, w_hh_t, b_ih, b_hh, w_hr_t, h, c, hraw,
+                                              head_t, head_b, emb, opts, xbuf, outputs, tokens, red_v, red_i)
 
 
 def _grid(n, threads=256):
@@ -253,9 +254,9 @@ def _grid(n, threads=256):
 
 def run_last_outputs(h_n, D, out, stream=0):
     blocks, threads = _grid(out.size)
-    last_outputs_kernel[blocks, threads, stream](h_n, D, out)
+    configure(last_outputs_kernel, blocks, threads, stream)(h_n, D, out)
 
 
 def run_linear(x, w_t, bias, has_bias, out, stream=0):
     blocks, threads = _grid(out.size)
-    linear_kernel[blocks, threads, stream](x, w_t, bias, has_bias, out)
+    configure(linear_kernel, blocks, threads, stream)(x, w_t, bias, has_bias, out)
