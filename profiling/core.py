@@ -13,7 +13,8 @@ so the profile measures the real path, not a copy of it. Phases inside it are se
 2. otherwise the kernel entry points the backend calls are wrapped for the duration of the
    profile (:data:`KERNEL_HOOKS`: the CPU's input projection and ``recur``, or its fused
    per-layer kernel; the CUDA GEMM and ``run_layer`` of both variants), and each call becomes
-   a phase;
+   a phase; where a kernel fuses the input projection into its loop, the projection is timed
+   alone after each run and subtracted (the report notes it);
 3. otherwise the whole call is one ``forward`` phase, and the report says so.
 
 The whole call is always timed as well (``forward``); what the phases do not cover (validation,
@@ -72,12 +73,34 @@ def _cuda_key(name, stream_index, counter):
     return key
 
 
-#: backend -> [(module, function name, key function)]: the kernel entry points wrapped as phases.
-#: A key function maps a call to ``(phase name, layer, direction, stream)``.
+def _cpu_fast_projection(args, kwargs):
+    """The input projection of a fused CPU layer kernel (``fast.run_layer(mode, x, w_ih, w_hh,
+    b_ih, b_hh, ...)``) as a callable that runs the same projection kernel alone, or None."""
+    try:
+        from gpu_rnn.kernels.cpu import fast
+    except ImportError:
+        return None
+    project = getattr(fast, "project", None)
+    if project is None or len(args) < 6:
+        return None
+    x, w_ih, b_ih, b_hh = args[1], args[2], args[4], args[5]
+    dt = x.dtype
+    xc = np.ascontiguousarray(x)
+    w = np.ascontiguousarray(w_ih, dtype=dt)
+    bias = (np.asarray(b_ih) + np.asarray(b_hh)).astype(dt)
+    return lambda: project(xc, w, bias)
+
+
+#: backend -> [(module, function name, key function[, split])]: the kernel entry points wrapped
+#: as phases. A key function maps a call to ``(phase name, layer, direction, stream)``. A
+#: ``split``, for a kernel that fuses the input projection into the recurrence (phase
+#: ``layer``), maps the call's arguments to a callable that runs the same projection alone:
+#: it is timed after the run (outside the timed call) as ``input_gemm``, and ``recurrence`` is
+#: the fused time minus it.
 KERNEL_HOOKS = {
     "cpu": [("gpu_rnn.kernels.cpu.recurrence", "_project", _cpu_project_key),
             ("gpu_rnn.kernels.cpu.recurrence", "recur", _cpu_layer_key("recurrence", 8)),
-            ("gpu_rnn.kernels.cpu.fast", "run_layer", _cpu_layer_key("layer", 9))],
+            ("gpu_rnn.kernels.cpu.fast", "run_layer", _cpu_layer_key("layer", 9), _cpu_fast_projection)],
     "cuda": [("gpu_rnn.kernels.cuda.gemm", "gemm_bias", _cuda_key("input_gemm", 5, "gemm")),
              ("gpu_rnn.backends.cuda", "_cublas_project", _cuda_key("input_gemm", 5, "gemm")),
              ("gpu_rnn.kernels.cuda.stepwise", "run_layer", _cuda_key("recurrence", 13, "layer")),
@@ -93,7 +116,7 @@ def _kernel_hooks(base, rec, state, extra_modules=()):
     holds the same object (a backend that did ``from ... import run_layer``)."""
     patched = []
     try:
-        for modname, attr, keyfn in KERNEL_HOOKS.get(base, ()):
+        for modname, attr, keyfn, *split in KERNEL_HOOKS.get(base, ()):
             try:
                 mod = importlib.import_module(modname)
             except ImportError:
@@ -102,9 +125,11 @@ def _kernel_hooks(base, rec, state, extra_modules=()):
             if fn is None:
                 continue
 
-            def wrapper(*args, _fn=fn, _keyfn=keyfn, **kwargs):
+            def wrapper(*args, _fn=fn, _keyfn=keyfn, _split=split[0] if split else None, **kwargs):
                 name, layer, direction, stream = _keyfn(state, args, kwargs)
                 state["hooked"] = True
+                if _split is not None:
+                    state.setdefault("split", []).append(((name, layer, direction), _split, args, kwargs))
                 with rec.phase(name, layer, direction, stream):
                     return _fn(*args, **kwargs)
 
@@ -444,6 +469,7 @@ def profile(layer, x, hx=None, *, lengths=None, backend=None, head=None, repeats
 
     samples = []
     hooked = False
+    split_done = False
     for _ in range(repeats):
         rec = Recorder(clock)
         state = {"D": shape.D}
@@ -451,9 +477,14 @@ def profile(layer, x, hx=None, *, lengths=None, backend=None, head=None, repeats
         if copy_phases:
             copies(rec, res)
         samples.append(rec.finish())
+        split_done = _split_fused(samples[-1], state.get("split", ()), clock) or split_done
         hooked = hooked or state.get("hooked", False)
 
     source = ("backend phase hooks" if use_phase_kw else "kernel hooks") if hooked else "whole call only"
+    if split_done:
+        notes.append("the CPU kernel fuses the input projection into each layer's loop: input_gemm is "
+                     "the same projection kernel timed alone right after each run, recurrence is the "
+                     "layer's time minus it")
     if not hooked:
         notes.append(f"backend {name} exposes no phase hooks: the call is timed as one phase")
     stacked = base == "cuda"
@@ -486,6 +517,27 @@ def profile(layer, x, hx=None, *, lengths=None, backend=None, head=None, repeats
         notes.append("nvtx not installed: no NVTX ranges")
     return Report(_config(layer, T, B, lengths, name), name, str(plan), clock.kind, int(repeats),
                   int(warmup), first, forward, phases, ceil, source, notes)
+
+
+def _split_fused(sample, fused, clock):
+    """Replace each fused ``layer`` phase of ``sample`` by ``input_gemm`` (its projection kernel
+    run and timed alone, once warm) and ``recurrence`` (the rest). True when any was split."""
+    done = False
+    for (name, layer, direction), split, args, kwargs in fused:
+        key = (name, layer, direction)
+        run = split(args, kwargs)
+        if run is None or key not in sample:
+            continue
+        run()  # warm: compiled, operands in cache as they were inside the layer kernel
+        rec = Recorder(clock)
+        with rec.phase("input_gemm", layer, direction):
+            run()
+        t = rec.finish()[("input_gemm", layer, direction)]
+        total = sample.pop(key)
+        sample[("input_gemm", layer, direction)] = min(t, total)
+        sample[("recurrence", layer, direction)] = max(total - t, 0.0)
+        done = True
+    return done
 
 
 def _last_outputs(layer, res):

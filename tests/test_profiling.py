@@ -244,7 +244,11 @@ def test_nvtx_ranges_name_each_phase(rng, monkeypatch):
     rep = profile(layer, x, backend="cpu", repeats=2, warmup=0, quick=True)
     labels = {m for m, _ in seen}
     assert "forward" in labels and all(d == "gpu_rnn" for _, d in seen)
-    assert {p.label for p in rep.phases} <= labels and len(rep.phases) >= 2
+    expected = {p.label for p in rep.phases}
+    if any("fuses the input projection" in n for n in rep.notes):
+        # the fused kernel's range is 'layer'; its recurrence share is derived, not a range
+        expected = {lb.replace("recurrence", "layer") for lb in expected}
+    assert expected <= labels and len(rep.phases) >= 2
     assert not any("nvtx" in n for n in rep.notes)
 
 
