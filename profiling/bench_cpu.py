@@ -51,8 +51,10 @@ def parse_args(argv=None):
     p.add_argument("--threads", default=2, type=int)
     p.add_argument("--quick", action="store_true",
                    help="B in {1, 64}, T = 50, H in {64, 512}, fewer rounds")
-    p.add_argument("--budget", default=1.2, type=float,
-                   help="seconds of timed calls per shape and library (full run: about 1.2)")
+    p.add_argument("--budget", default=1.0, type=float,
+                   help="about the seconds of timed calls per shape and library (5 to 11 rounds)")
+    p.add_argument("--settle", default=0.05, type=float,
+                   help="seconds of pause before each library's turn in a round")
     p.add_argument("--libs", default="gpu_rnn,torch,ort", help="comma list of gpu_rnn, torch, ort")
     p.add_argument("--csv", default=None, help="write the rows as CSV here")
     p.add_argument("--md", default=None, help="write the markdown table here")
@@ -168,7 +170,7 @@ def make_ort(cell, layer, threads):
 
 # -- one shape ----------------------------------------------------------------------------------
 
-def bench_shape(np, cell, B, T, H, libs, threads, budget, ceil):
+def bench_shape(np, cell, B, T, H, libs, threads, budget, ceil, settle=0.05):
     x = np.random.default_rng(B * 1000 + T + H).standard_normal((T, B, H), dtype=np.float32)
     layer, ours = make_ours(cell, H, seed=H + B)
     runs = {}
@@ -184,12 +186,17 @@ def bench_shape(np, cell, B, T, H, libs, threads, budget, ceil):
         err = float(np.max(np.abs(y - ref)))
         if not err < 1e-3:
             raise RuntimeError(f"{cell} B={B} T={T} H={H}: {name} differs from gpu_rnn by {err:.3g}")
-    per_call = max(_timeit(lambda: f(x)) for f in runs.values())
-    rounds = int(min(41, max(5, budget / max(per_call, 1e-6))))
+    one = {k: min(_timeit(lambda: f(x)) for _ in range(3)) for k, f in runs.items()}
+    # each round: every library in turn, a short pause first (a pool that spins after its last
+    # call must not steal a core from the next library), then ~20 ms of calls, each timed
+    chunk = {k: max(1, int(0.02 / max(v, 1e-6))) for k, v in one.items()}
+    rounds = int(min(11, max(5, budget / max(max(one.values()), 0.02))))
     times = {k: [] for k in runs}
     for _ in range(rounds):
         for name, f in runs.items():
-            times[name].append(_timeit(lambda: f(x)))
+            time.sleep(settle)
+            for _ in range(chunk[name]):
+                times[name].append(_timeit(lambda: f(x)))
     med = {k: float(np.median(v)) / T * 1e6 for k, v in times.items()}
     G = GATES[cell]
     flops = 2.0 * B * G * H * (H + H)
@@ -276,7 +283,7 @@ def main(argv=None):
         for H in args.hidden:
             for B in args.batch:
                 for T in args.seq:
-                    r = bench_shape(np, cell, B, T, H, args.libs, args.threads, args.budget, ceil)
+                    r = bench_shape(np, cell, B, T, H, args.libs, args.threads, args.budget, ceil, args.settle)
                     rows.append(r)
                     print(f"{cell:4s} B={B:3d} T={T:3d} H={H:4d}  gpu_rnn {r['gpu_rnn_us']:9.2f}  "
                           f"torch {r['torch_us']:9.2f}  ort {r['ort_us']:9.2f} µs/step  "

@@ -217,6 +217,27 @@ def test_variant_choice():
     assert fast.variant(2, 1024, 4, threads=2) == fast.PARALLEL   # BLAS only for real batches
 
 
+def test_no_parallel_step_on_workqueue(monkeypatch):
+    """numba's workqueue layer is slow to launch and not thread-safe: never chosen for a step."""
+    import numba
+    monkeypatch.setattr(fast, "_PARALLEL_OK", [])
+    monkeypatch.setattr(numba.config, "THREADING_LAYER", "workqueue")
+    assert not fast.parallel_ok()
+    assert fast.variant(1, 512, 4) == fast.SERIAL
+    monkeypatch.setattr(fast, "_PARALLEL_OK", [])
+    monkeypatch.setattr(numba.config, "THREADING_LAYER", "default")
+    assert fast.parallel_ok() == any(_importable(f"numba.np.ufunc.{m}") for m in ("omppool", "tbbpool"))
+
+
+def _importable(name):
+    import importlib
+    try:
+        importlib.import_module(name)
+        return True
+    except ImportError:
+        return False
+
+
 def test_slow_path_still_serves_the_rest(rng, monkeypatch):
     """Projection (w_hr) and extended modes go to the generic driver, not the fast one."""
     def boom(*a, **k):

@@ -366,13 +366,33 @@ def applies(mode, dtype, w_hr, peepholes):
             and peepholes is None and dtype in (np.float32, np.float64))
 
 
+_PARALLEL_OK = []
+
+
+def parallel_ok():
+    """Whether numba has a thread-safe, low-latency threading layer (OpenMP or TBB). The
+    ``workqueue`` fallback costs tens of µs per launch and aborts the process when two Python
+    threads launch at once, so without the others every step stays on one thread."""
+    if not _PARALLEL_OK:
+        ok = False
+        for mod in ("omppool", "tbbpool"):
+            try:
+                __import__(f"numba.np.ufunc.{mod}")
+                ok = True
+                break
+            except ImportError:
+                pass
+        _PARALLEL_OK.append(ok and numba.config.THREADING_LAYER != "workqueue")
+    return _PARALLEL_OK[0]
+
+
 def variant(B, H, G, threads=None):
     """``SERIAL``, ``PARALLEL`` or ``BLAS`` for a step of ``B * H * G*H`` multiply-adds."""
     macs = B * H * G * H
     if macs >= BLAS_MACS and B >= 8:
         return BLAS
     if threads is None:
-        threads = numba.get_num_threads()
+        threads = numba.get_num_threads() if parallel_ok() else 1
     if threads >= 2 and macs >= PARALLEL_MACS and H >= 32:
         return PARALLEL
     return SERIAL
