@@ -9,12 +9,15 @@ double-buffered global workspace (the compute dtype), written by the block that 
 and read by every block after a grid-wide barrier; the cell state ``c`` never leaves its owner.
 
 Legend: T time, B batch, H hidden, P output size (``proj_size`` or H), G gates, D directions,
-NB blocks, NT threads per block, S = ceil(D*H / NB) units per block, KS lanes per dot product.
+NB blocks, NT threads per block, S = ceil(D*H / NB) units per block, KS lanes per dot product,
+BT = 4 batch rows per work item.
 
-Per step, a block's threads are grouped ``KS`` to a (unit, batch row) pair; the lanes of a
-group split the ``P``-long dot products of the unit's ``G`` gate rows, reduce through shared
-memory, and lane 0 adds both biases and the input projection, runs the cell's pointwise math
-(``kernels.cells``, the same source as the CPU loop) and writes ``h``, ``c`` and ``out``.
+Per step, a block's threads are grouped ``KS`` to a work item: one unit and a tile of up to
+``BT`` batch rows. The lanes of a group split the ``P``-long dot products of the unit's ``G``
+gate rows with the tile's ``h`` rows (each weight loaded from shared memory serves the whole
+tile, ``G*BT`` accumulators in registers), reduce through shared memory, and lane 0 adds both
+biases and the input projection, runs the cell's pointwise math (``kernels.cells``, the same
+source as the CPU loop) and writes ``h``, ``c`` and ``out``.
 Phases, each followed by the grid barrier:
 
 1. gates and cell update of the block's units (GRU with ``linear_before_reset = 0``: first the
@@ -42,8 +45,10 @@ weight elements:
 
 - weight reads from shared memory: ``W * st`` bytes in total per step if each weight is read
   once and reused across the batch (the ideal); spread over ``NB`` SMs at ``smem_bw`` bytes/s
-  each: ``t_w = W * st / (NB * smem_bw)``. This kernel reads each weight once per batch row
-  (``B`` times; the batch is not tiled in registers), so its own bound is ``B * t_w``;
+  each: ``t_w = W * st / (NB * smem_bw)``. This kernel reads each weight once per tile of
+  ``BT`` batch rows (``ceil(B / BT)`` times), so its own bound is ``ceil(B / BT) * t_w``; it
+  also loads ``h`` (L1/L2) once per weight row group and batch row, ``2 * B * W / G`` bytes-ish
+  per step, which is what a register-tiled ``h`` would remove next;
 - arithmetic: ``2 * B * W`` FLOPs at the device's peak for the compute dtype:
   ``t_f = 2 * B * W / peak``;
 - barriers: ``n_bar`` grid syncs per step (1; 2 with ``proj_size`` or GRU
@@ -51,7 +56,7 @@ weight elements:
   grid; measure it on the card): ``t_b = n_bar * t_sync``.
 
 The floor of a step is ``max(t_w, t_f, t_b)``; the planner uses the kernel's own estimate
-``max(B * t_w, t_f) + t_b`` to pick the grid.
+``max(ceil(B / BT) * t_w, t_f) + t_b`` to pick the grid.
 
 Entry points: :func:`run_layer` (the layer-level interface of ``kernels.cuda``),
 :func:`fits` (the planner), :func:`device_props`, :func:`floor_model`, :func:`compile_ptx`
@@ -72,6 +77,10 @@ THREADS = 256
 SIM_THREADS = 32
 #: Largest number of lanes sharing one dot product (one warp).
 MAX_LANES = 32
+#: Batch rows per work item: each weight loaded from shared memory serves this many rows.
+BT = 4
+#: Accumulators of a work item: up to four gate rows by BT batch rows.
+NACC = 4 * BT
 
 OPTS_SIZE = cells.OPTS_SIZE
 OPT_ACT = cells.OPT_ACT
@@ -158,7 +167,7 @@ def geometry(mode, D, B, H, P, G, dtype, blocks, threads):
     """Shared memory and lane split of a launch of ``blocks`` blocks of ``threads`` threads.
 
     Returns ``dict(blocks, threads, lanes, units_per_block, proj_per_block, smem_bytes)``.
-    Shared memory: the lane-reduction buffer (``4*threads`` compute-dtype values) then the
+    Shared memory: the lane-reduction buffer (``4*BT*threads`` compute-dtype values) then the
     block's ``W_hh`` rows (``G*S*P``) and, with a projection, its ``W_hr`` rows (``So*H``), in
     the storage dtype.
     """
@@ -166,8 +175,8 @@ def geometry(mode, D, B, H, P, G, dtype, blocks, threads):
     st, acc = _itemsizes(storage)
     S = -(-D * H // blocks)
     So = -(-D * P // blocks) if _has_proj(mode, H, P) else 0
-    smem = 4 * threads * acc + (S * G * P + So * H) * st
-    pairs = max(S * B, So * B, 1)
+    smem = 4 * BT * threads * acc + (S * G * P + So * H) * st
+    pairs = max(S, So, 1) * -(-B // BT)
     lanes = min(MAX_LANES, _pow2_floor(threads // pairs) if pairs < threads else 1,
                 1 << max(P - 1, max(H, 1) - 1, 0).bit_length())
     return {"blocks": int(blocks), "threads": int(threads), "lanes": int(max(lanes, 1)),
@@ -190,7 +199,7 @@ def _estimate(mode, D, B, H, P, G, dtype, blocks, geo):
     st, _ = _itemsizes(_storage_name(dtype))
     S, So = geo["units_per_block"], geo["proj_per_block"]
     w = S * G * P + So * H
-    t_w = B * w * st / _SMEM_BW_PER_SM
+    t_w = -(-B // BT) * w * st / _SMEM_BW_PER_SM
     scale = 2.0 if _storage_name(dtype) == "float64" else 1.0   # half rate on data-centre cards
     t_f = 2 * B * w * scale / _FLOPS_PER_SM
     t_b = _barriers(mode, H, P) * (_SYNC_S + _SYNC_PER_BLOCK_S * blocks) if blocks > 1 else 0.0
@@ -258,7 +267,7 @@ def floor_model(mode, D, B, H, P, G, dtype, blocks, smem_bw_per_sm, peak_flops, 
     t_f = 2.0 * B * w / peak_flops
     t_b = _barriers(mode, H, P, lbr0) * t_sync
     return {"t_weights": t_w, "t_flops": t_f, "t_barrier": t_b, "floor": max(t_w, t_f, t_b),
-            "kernel_bound": max(B * t_w, t_f) + t_b}
+            "kernel_bound": max(-(-B // BT) * t_w, t_f) + t_b}
 
 
 # -- the kernel -----------------------------------------------------------------------------
@@ -299,54 +308,36 @@ def _block_sync():
     cuda.syncthreads()
 
 
-def _dots(wsm, w0, P, ws, v0, lane, lanes, nrows, z):
-    """Partial dot products of up to four consecutive ``P``-long weight rows (``wsm[w0:]``,
-    shared memory, storage dtype) with the vector ``ws[v0:v0+P]``, over this lane's ``k``."""
-    s0 = z
-    s1 = z
-    s2 = z
-    s3 = z
-    if nrows == 1:
-        for k in range(lane, P, lanes):
-            s0 += load(wsm[w0 + k]) * ws[v0 + k]
-    elif nrows == 2:
-        for k in range(lane, P, lanes):
-            v = ws[v0 + k]
-            s0 += load(wsm[w0 + k]) * v
-            s1 += load(wsm[w0 + P + k]) * v
-    elif nrows == 3:
-        for k in range(lane, P, lanes):
-            v = ws[v0 + k]
-            s0 += load(wsm[w0 + k]) * v
-            s1 += load(wsm[w0 + P + k]) * v
-            s2 += load(wsm[w0 + 2 * P + k]) * v
-    else:
-        for k in range(lane, P, lanes):
-            v = ws[v0 + k]
-            s0 += load(wsm[w0 + k]) * v
-            s1 += load(wsm[w0 + P + k]) * v
-            s2 += load(wsm[w0 + 2 * P + k]) * v
-            s3 += load(wsm[w0 + 3 * P + k]) * v
-    return s0, s1, s2, s3
+def _dots(wsm, w0, P, ws, v0, vs, nbt, lane, lanes, nrows, acc, xs, z):
+    """Partial dot products, over this lane's ``k``, of up to four consecutive ``P``-long
+    weight rows (``wsm[w0:]``, shared memory, storage dtype) with up to ``BT`` vectors
+    ``ws[v0 + bb*vs:][:P]`` (one per batch row of the tile): ``acc[g*BT + bb]``. Each weight
+    loaded serves the whole tile; the constant-trip loops unroll, so ``acc`` and ``xs`` live
+    in registers."""
+    for i in range(NACC):
+        acc[i] = z
+    for k in range(lane, P, lanes):
+        for bb in range(BT):
+            xs[bb] = ws[v0 + bb * vs + k] if bb < nbt else z
+        for g in range(4):
+            if g < nrows:
+                w = load(wsm[w0 + g * P + k])
+                for bb in range(BT):
+                    acc[g * BT + bb] += w * xs[bb]
 
 
-def _reduce(red, tid, lane, lanes, s0, s1, s2, s3):
+def _reduce(red, tid, lane, lanes, acc):
     """Sum the partial sums of a group's lanes into lane 0 (every thread of the block calls
     it: it holds two block barriers)."""
     if lanes > 1:
-        red[4 * tid] = s0
-        red[4 * tid + 1] = s1
-        red[4 * tid + 2] = s2
-        red[4 * tid + 3] = s3
+        for i in range(NACC):
+            red[NACC * tid + i] = acc[i]
         cuda.syncthreads()
         if lane == 0:
             for m in range(1, lanes):
-                s0 += red[4 * (tid + m)]
-                s1 += red[4 * (tid + m) + 1]
-                s2 += red[4 * (tid + m) + 2]
-                s3 += red[4 * (tid + m) + 3]
+                for i in range(NACC):
+                    acc[i] += red[NACC * (tid + m) + i]
         cuda.syncthreads()
-    return s0, s1, s2, s3
 
 
 def _persistent(mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts, peep, ws,
@@ -375,6 +366,7 @@ def _persistent(mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts
 
     S, u0, nu = slice_(blk, nb, D * H)
     SO, o0, no = slice_(blk, nb, D * P if has_proj else 0)
+    NBT = (B + BT - 1) // BT   # batch tiles
 
     # workspace: h double buffer (2, D, B, P), c (D, B, H), h_raw or r*h (D, B, H),
     # staged GRU pre-activations r, z (2, D, B, H)
@@ -388,10 +380,12 @@ def _persistent(mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts
     for i in range(min(opts.shape[0], OPTS_SIZE)):
         optl[i] = load(opts[i])
     lbr0 = mode == ONNX_GRU and optl[OPT_LBR] == z
+    acc = cuda.local.array(NACC, ACC_T)
+    xs = cuda.local.array(BT, ACC_T)
 
     red = cuda.shared.array(0, ACC_T)
     dynw = cuda.shared.array(0, W_T)
-    woff = 4 * nt * ACC_BYTES // W_BYTES
+    woff = 4 * BT * nt * ACC_BYTES // W_BYTES
     wsm = dynw[woff:woff + S * G * P]
     rsm = dynw[woff + S * G * P:woff + S * G * P + SO * H]
 
@@ -434,81 +428,85 @@ def _persistent(mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts
     else:
         grid_sync()
 
-    rounds = (nu * B + ng - 1) // ng
-    rounds_o = (no * B + ng - 1) // ng
+    # work items: (unit, batch tile) pairs, one group of ``lanes`` threads each per round
+    rounds = (nu * NBT + ng - 1) // ng
+    rounds_o = (no * NBT + ng - 1) // ng
     for s in range(T):
         cur = s % 2
         nxt = 1 - cur
         # phase 1: gates and cell update of this block's units
         for r in range(rounds):
             q = r * ng + grp
-            active = grp < ng and q < nu * B
-            ll = 0
-            b = 0
+            active = grp < ng and q < nu * NBT
             d = 0
             j = 0
-            s0 = z
-            s1 = z
-            s2 = z
-            s3 = z
+            b0 = 0
+            nbt = 0
+            ll = 0
             if active:
-                ll = q // B
-                b = q - ll * B
+                ll = q // NBT
+                b0 = (q - ll * NBT) * BT
+                nbt = min(BT, B - b0)
                 u = u0 + ll
                 d = u // H
                 j = u - d * H
-                s0, s1, s2, s3 = dots(wsm, ll * gp, P, ws, ((cur * D + d) * B + b) * P,
-                                      lane, lanes, 2 if lbr0 else G, z)
-            s0, s1, s2, s3 = reduce_(red, tid, lane, lanes, s0, s1, s2, s3)
+                dots(wsm, ll * gp, P, ws, ((cur * D + d) * B + b0) * P, P, nbt, lane, lanes,
+                     2 if lbr0 else G, acc, xs, z)
+            reduce_(red, tid, lane, lanes, acc)
             if active and lane == 0:
                 t = s if d == 0 else T - 1 - s
-                hcur = ((cur * D + d) * B + b) * P
-                hnxt = ((nxt * D + d) * B + b) * P
                 x0 = d * G * H
-                if t < lengths[b]:
-                    a0 = load(xp[t, b, x0 + j]) + s0 + load(b_hh[d, j])
-                    a1 = z
-                    a2 = z
-                    a3 = z
-                    hn = z
-                    if G >= 3:
-                        a1 = load(xp[t, b, x0 + H + j]) + s1 + load(b_hh[d, H + j])
-                        if G == 3:
-                            a2 = load(xp[t, b, x0 + 2 * H + j])
-                            hn = s2 + load(b_hh[d, 2 * H + j])
+                for bb in range(BT):
+                    b = b0 + bb
+                    if bb < nbt:
+                        hcur = ((cur * D + d) * B + b) * P
+                        hnxt = ((nxt * D + d) * B + b) * P
+                        if t < lengths[b]:
+                            a0 = load(xp[t, b, x0 + j]) + acc[bb] + load(b_hh[d, j])
+                            a1 = z
+                            a2 = z
+                            a3 = z
+                            hn = z
+                            if G >= 3:
+                                a1 = load(xp[t, b, x0 + H + j]) + acc[BT + bb] + load(b_hh[d, H + j])
+                                if G == 3:
+                                    a2 = load(xp[t, b, x0 + 2 * H + j])
+                                    hn = acc[2 * BT + bb] + load(b_hh[d, 2 * H + j])
+                                else:
+                                    a2 = (load(xp[t, b, x0 + 2 * H + j]) + acc[2 * BT + bb]
+                                          + load(b_hh[d, 2 * H + j]))
+                                    a3 = (load(xp[t, b, x0 + 3 * H + j]) + acc[3 * BT + bb]
+                                          + load(b_hh[d, 3 * H + j]))
+                            ci = off_c + (d * B + b) * H + j
+                            if lbr0:
+                                # stage r, z pre-activations and r * h for the n rows (phase 1b)
+                                ai = off_a + (d * B + b) * H + j
+                                ws[ai] = a0
+                                ws[ai + D * B * H] = a1
+                                ws[off_r + (d * B + b) * H + j] = reset_gate(a0, optl) * ws[hcur + j]
+                            else:
+                                hp = z if has_proj else ws[hcur + j]
+                                pi = z
+                                po = z
+                                pf = z
+                                if has_peep:
+                                    pi = load(peep[d, 0, j])
+                                    po = load(peep[d, 1, j])
+                                    pf = load(peep[d, 2, j])
+                                hv, cv = cell(mode, a0, a1, a2, a3, hn, hp, ws[ci], optl, pi,
+                                              pf, po)
+                                ws[ci] = cv
+                                if has_proj:
+                                    ws[off_r + (d * B + b) * H + j] = hv
+                                else:
+                                    ws[hnxt + j] = hv
+                                    out[t, b, d * P + j] = store(out, hv)
+                        elif not lbr0:
+                            if not has_proj:
+                                ws[hnxt + j] = ws[hcur + j]
+                                out[t, b, d * P + j] = store(out, z)
                         else:
-                            a2 = load(xp[t, b, x0 + 2 * H + j]) + s2 + load(b_hh[d, 2 * H + j])
-                            a3 = load(xp[t, b, x0 + 3 * H + j]) + s3 + load(b_hh[d, 3 * H + j])
-                    ci = off_c + (d * B + b) * H + j
-                    if lbr0:
-                        # stage r, z pre-activations and r * h for the n rows (phase 1b)
-                        ai = off_a + (d * B + b) * H + j
-                        ws[ai] = a0
-                        ws[ai + D * B * H] = a1
-                        rg = reset_gate(a0, optl)
-                        ws[off_r + (d * B + b) * H + j] = rg * ws[hcur + j]
-                    else:
-                        hp = z if has_proj else ws[hcur + j]
-                        pi = z
-                        po = z
-                        pf = z
-                        if has_peep:
-                            pi = load(peep[d, 0, j])
-                            po = load(peep[d, 1, j])
-                            pf = load(peep[d, 2, j])
-                        hv, cv = cell(mode, a0, a1, a2, a3, hn, hp, ws[ci], optl, pi, pf, po)
-                        ws[ci] = cv
-                        if has_proj:
-                            ws[off_r + (d * B + b) * H + j] = hv
-                        else:
-                            ws[hnxt + j] = hv
-                            out[t, b, d * P + j] = store(out, hv)
-                elif not lbr0:
-                    if not has_proj:
-                        ws[hnxt + j] = ws[hcur + j]
-                        out[t, b, d * P + j] = store(out, z)
-                else:
-                    ws[off_r + (d * B + b) * H + j] = z
+                            ws[off_r + (d * B + b) * H + j] = z
         if lbr0:
             # phase 1b: the n rows on r * h (GRU, linear_before_reset = 0)
             if one_block:
@@ -517,40 +515,40 @@ def _persistent(mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts
                 grid_sync()
             for r in range(rounds):
                 q = r * ng + grp
-                active = grp < ng and q < nu * B
-                ll = 0
-                b = 0
+                active = grp < ng and q < nu * NBT
                 d = 0
                 j = 0
-                s0 = z
-                s1 = z
-                s2 = z
-                s3 = z
+                b0 = 0
+                nbt = 0
                 if active:
-                    ll = q // B
-                    b = q - ll * B
+                    ll = q // NBT
+                    b0 = (q - ll * NBT) * BT
+                    nbt = min(BT, B - b0)
                     u = u0 + ll
                     d = u // H
                     j = u - d * H
-                    s0, s1, s2, s3 = dots(wsm, ll * gp + 2 * P, P, ws, off_r + (d * B + b) * H,
-                                          lane, lanes, 1, z)
-                s0, s1, s2, s3 = reduce_(red, tid, lane, lanes, s0, s1, s2, s3)
+                    dots(wsm, ll * gp + 2 * P, P, ws, off_r + (d * B + b0) * H, H, nbt, lane,
+                         lanes, 1, acc, xs, z)
+                reduce_(red, tid, lane, lanes, acc)
                 if active and lane == 0:
                     t = s if d == 0 else T - 1 - s
-                    hcur = ((cur * D + d) * B + b) * P
-                    hnxt = ((nxt * D + d) * B + b) * P
-                    if t < lengths[b]:
-                        ai = off_a + (d * B + b) * H + j
-                        a2 = load(xp[t, b, d * G * H + 2 * H + j])
-                        hn = s0 + load(b_hh[d, 2 * H + j])
-                        ci = off_c + (d * B + b) * H + j
-                        hv, cv = cell(mode, ws[ai], ws[ai + D * B * H], a2, z, hn,
-                                       ws[hcur + j], ws[ci], optl, z, z, z)
-                        ws[hnxt + j] = hv
-                        out[t, b, d * P + j] = store(out, hv)
-                    else:
-                        ws[hnxt + j] = ws[hcur + j]
-                        out[t, b, d * P + j] = store(out, z)
+                    for bb in range(BT):
+                        b = b0 + bb
+                        if bb < nbt:
+                            hcur = ((cur * D + d) * B + b) * P
+                            hnxt = ((nxt * D + d) * B + b) * P
+                            if t < lengths[b]:
+                                ai = off_a + (d * B + b) * H + j
+                                a2 = load(xp[t, b, d * G * H + 2 * H + j])
+                                hn = acc[bb] + load(b_hh[d, 2 * H + j])
+                                ci = off_c + (d * B + b) * H + j
+                                hv, cv = cell(mode, ws[ai], ws[ai + D * B * H], a2, z, hn,
+                                              ws[hcur + j], ws[ci], optl, z, z, z)
+                                ws[hnxt + j] = hv
+                                out[t, b, d * P + j] = store(out, hv)
+                            else:
+                                ws[hnxt + j] = ws[hcur + j]
+                                out[t, b, d * P + j] = store(out, z)
         if one_block:
             block_sync()
         else:
@@ -559,34 +557,34 @@ def _persistent(mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts
             # phase 2: h = W_hr h_raw, once every unit's h_raw of this step is written
             for r in range(rounds_o):
                 q = r * ng + grp
-                active = grp < ng and q < no * B
-                ll = 0
-                b = 0
+                active = grp < ng and q < no * NBT
                 d = 0
                 p = 0
-                s0 = z
-                s1 = z
-                s2 = z
-                s3 = z
+                b0 = 0
+                nbt = 0
                 if active:
-                    ll = q // B
-                    b = q - ll * B
+                    ll = q // NBT
+                    b0 = (q - ll * NBT) * BT
+                    nbt = min(BT, B - b0)
                     o = o0 + ll
                     d = o // P
                     p = o - d * P
-                    s0, s1, s2, s3 = dots(rsm, ll * H, H, ws, off_r + (d * B + b) * H,
-                                          lane, lanes, 1, z)
-                s0, s1, s2, s3 = reduce_(red, tid, lane, lanes, s0, s1, s2, s3)
+                    dots(rsm, ll * H, H, ws, off_r + (d * B + b0) * H, H, nbt, lane, lanes, 1,
+                         acc, xs, z)
+                reduce_(red, tid, lane, lanes, acc)
                 if active and lane == 0:
                     t = s if d == 0 else T - 1 - s
-                    hcur = ((cur * D + d) * B + b) * P
-                    hnxt = ((nxt * D + d) * B + b) * P
-                    if t < lengths[b]:
-                        ws[hnxt + p] = s0
-                        out[t, b, d * P + p] = store(out, s0)
-                    else:
-                        ws[hnxt + p] = ws[hcur + p]
-                        out[t, b, d * P + p] = store(out, z)
+                    for bb in range(BT):
+                        b = b0 + bb
+                        if bb < nbt:
+                            hcur = ((cur * D + d) * B + b) * P
+                            hnxt = ((nxt * D + d) * B + b) * P
+                            if t < lengths[b]:
+                                ws[hnxt + p] = acc[bb]
+                                out[t, b, d * P + p] = store(out, acc[bb])
+                            else:
+                                ws[hnxt + p] = ws[hcur + p]
+                                out[t, b, d * P + p] = store(out, z)
             if one_block:
                 block_sync()
             else:

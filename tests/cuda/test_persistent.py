@@ -146,6 +146,17 @@ def test_storage_dtypes(rng, mode, P, storage):
 
 
 @sim_only
+@pytest.mark.parametrize("mode,P", [("LSTM", 2), ("GRU", None)])
+def test_batch_tiles(rng, mode, P):
+    """More batch rows than one work item's tile (BT): whole tiles and a ragged last one."""
+    B = 2 * persistent.BT + 1
+    kern, ref = make_case(rng, mode, T=3, B=B, H=3, D=2, P=P)
+    check_all(mode, run(mode, kern, "float64"), ref, "float64", kern)
+    got = run(mode, kern, "float64", grid={"blocks": 1, "threads": 32, "lanes": 4})
+    check_all(mode, got, ref, "float64", kern)
+
+
+@sim_only
 def test_full_lengths(rng):
     kern, ref = make_case(rng, "GRU", T=4, B=2, H=5, D=2, lengths=False)
     check_all("GRU", run("GRU", kern, "float64"), ref, "float64", kern)
