@@ -68,9 +68,22 @@ def make_case(rng, mode, T, B, H, D, P=None, storage="float64", lengths=True, sc
         sel[:, d * G * H:(d + 1) * G * H] = np.eye(G * H)
         params.append((sel, _back(w_hh[d], storage), np.zeros(G * H), _back(b_hh[d], storage),
                        _back(w_hr[d], storage) if P != H else None))
-    ref = reference.forward(mode, x, params, _back(h0, storage), _back(c0, storage)
-                            if mode == "LSTM" else None, lens, D)
-    return kern, ref
+    args = (mode, x, params, _back(h0, storage), _back(c0, storage) if mode == "LSTM" else None,
+            lens, D)
+    ref = reference.forward(*args)
+    tol = TOL[storage]
+    if storage != "float64":
+        # float32 arithmetic's own error on this case (the same loop in float32), doubled: long
+        # sequences and wide layers earn a wider bound than the per-element standard
+        ref32 = reference.forward(*args, dtype=np.float32)
+        own = max(_err(np.asarray(a, np.float64), b) for a, b in zip(ref32, ref)
+                  if b is not None)
+        tol = max(tol, 2 * own)
+    return kern, (*ref, tol)
+
+
+def _err(got, want):
+    return float(np.max(np.abs(got - want) / np.maximum(1.0, np.abs(want))))
 
 
 def run(mode, kern, storage, grid=1, opts=None, peep=None):
@@ -94,19 +107,21 @@ def run(mode, kern, storage, grid=1, opts=None, peep=None):
             _back(c_n.copy_to_host(), storage), plan)
 
 
-def check(got, want, storage, what):
+def check(got, want, storage, what, tol=None):
+    tol = TOL[storage] if tol is None else tol
     assert got.shape == want.shape, what
     assert not np.isnan(got).any(), f"{what}: NaN left (poisoned output not written)"
-    err = np.max(np.abs(got - want) / np.maximum(1.0, np.abs(want)))
-    assert err <= TOL[storage], f"{what}: error {err:.3g} > {TOL[storage]:.3g}"
+    err = _err(got, want)
+    assert err <= tol, f"{what}: error {err:.3g} > {tol:.3g}"
 
 
 def check_all(mode, got, ref, storage, kern):
     out, h_n, c_n, _ = got
-    check(out, ref[0], storage, "out")
-    check(h_n, ref[1], storage, "h_n")
+    tol = ref[3]
+    check(out, ref[0], storage, "out", tol)
+    check(h_n, ref[1], storage, "h_n", tol)
     if mode == "LSTM":
-        check(c_n, ref[2], storage, "c_n")
+        check(c_n, ref[2], storage, "c_n", tol)
     else:
         # cells without a cell state hand c0 through unchanged
         check(c_n, _back(kern["c0"], storage), storage, "c_n")
