@@ -345,3 +345,37 @@ def test_encoder_decoder_matches_torch(rng):
                                         embedding=gpu_rnn.Embedding.from_torch(emb_t))
     np.testing.assert_array_equal(tokens, torch.stack(toks).numpy())
     assert_close64(h_dec, h.numpy())
+
+
+# -- the CUDA generation kernels compile for a real GPU (no GPU needed) ------------------------
+def test_cuda_generation_kernels_compile():
+    """``cuda.compile_ptx`` for sm_90: the kernels type-check, and the float32 kernels do no
+    float64 arithmetic (every accumulator and literal typed from the data). float64 is left out:
+    the generation kernel inlines the cell math of every mode, a slow compile on 2 cores."""
+    dtype = "float32"
+    import os
+    import re
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        pytest.skip("compiles real CUDA kernels: not under the simulator")
+    try:
+        from numba import cuda
+        from numba.cuda import types as t
+        from numba.cuda.cudadrv import nvvm
+        nvvm.NVVM()
+    except Exception:  # noqa: BLE001
+        pytest.skip("NVVM/NVRTC libraries not found")
+    from gpu_rnn.kernels.cuda import generation as kgen
+    f = getattr(t, dtype)
+    a1, a2, a3 = (t.Array(f, n, "C") for n in (1, 2, 3))
+    i1, i2 = t.Array(t.int64, 1, "C"), t.Array(t.int64, 2, "C")
+    b = t.boolean
+    sigs = [(kgen.generate_kernel, (t.int64, t.int64, b, b, b, b, a2, i1, a2, a3, a3, a2, a2, a3, a3, a3, a2,
+                                    a2, a1, a2, a1, a2, a3, i2, a2, i2)),
+            (kgen.linear_kernel, (a2, a2, a1, b, a2)),
+            (kgen.last_outputs_kernel, (a3, t.int64, a2))]
+    f64 = re.compile(r"\.f64\b")
+    for kernel, sig in sigs:
+        ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
+        assert ".entry" in ptx
+        lines = [ln for ln in ptx.splitlines() if f64.search(ln) and not ln.lstrip().startswith("//")]
+        assert not lines, "float32 kernel does float64 arithmetic:\n" + "\n".join(lines[:10])

@@ -40,14 +40,14 @@ This module imports numba.cuda; import it only from the CUDA code paths.
 import numpy as np
 from numba import cuda
 
-from .. import cells
-from .common import configure
+from .common import SIMULATOR, configure
+from .common import point as _point  # the cell math (kernels.cells) as CUDA device functions
 
-_C = cells.build(cuda.jit(device=True))
-_point = _C.point
+# inlined at numba's IR level on the device (no separate device-function compile)
+_device = cuda.jit(device=True) if SIMULATOR else cuda.jit(device=True, inline="always")
 
 
-@cuda.jit(device=True)
+@_device
 def _replaces(v, i, w, j):
     """True when candidate (w, j) beats (v, i) for argmax: larger value, NaN first (as
     ``np.argmax``), lowest index on ties; index -1 marks no candidate."""
