@@ -229,6 +229,21 @@ def test_no_parallel_step_on_workqueue(monkeypatch):
     assert fast.parallel_ok() == any(_importable(f"numba.np.ufunc.{m}") for m in ("omppool", "tbbpool"))
 
 
+def test_no_parallel_step_when_oversubscribed(monkeypatch):
+    """More runnable work than cores: a per-step barrier would wait a time slice, so one thread."""
+    import os
+    monkeypatch.setattr(fast, "parallel_ok", lambda: True)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (7.0, 7.0, 7.0))
+    assert fast.oversubscribed()
+    assert fast.variant(1, 512, 4) == fast.SERIAL
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    assert not fast.oversubscribed()
+    import numba
+    if numba.get_num_threads() >= 2:
+        assert fast.variant(1, 512, 4) == fast.PARALLEL
+
+
 def _importable(name):
     import importlib
     try:

@@ -26,6 +26,7 @@ float64 keeps ``math.exp``/``math.tanh`` and so the reference's precision. The g
 (``recurrence.recur``) still serves every other case.
 """
 import math
+import os
 
 import numba
 import numpy as np
@@ -43,10 +44,12 @@ SERIAL = 0    # hand-written matmul + pointwise, one thread
 BLAS = 1      # BLAS sgemm (its own threads) + one pointwise pass
 PARALLEL = 2  # hand-written matmul + pointwise fused per tile of hidden units, tiles over threads
 
-# Multiply-adds per step above which two threads pay for their fork/join (about a microsecond
-# with the OpenMP layer), and above which BLAS's blocked sgemm beats the dot products below.
-PARALLEL_MACS = 1 << 18
-BLAS_MACS = 1 << 23
+# Multiply-adds per step above which two threads pay for their fork/join (a few µs with the
+# OpenMP layer against ~5 µs of work at 1 << 17), and above which (with B >= 8) the BLAS's
+# blocked sgemm wins: its kernels use 512-bit vectors where the compiled dot products below get
+# 256-bit ones (LLVM's preference on AVX-512 parts), so at large batch it has twice the peak.
+PARALLEL_MACS = 1 << 17
+BLAS_MACS = 1 << 21
 
 
 # -- vectorisable float32 activations ---------------------------------------------------------
@@ -391,11 +394,21 @@ def variant(B, H, G, threads=None):
     macs = B * H * G * H
     if macs >= BLAS_MACS and B >= 8:
         return BLAS
+    if macs < PARALLEL_MACS or H < 32:
+        return SERIAL
     if threads is None:
-        threads = numba.get_num_threads() if parallel_ok() else 1
-    if threads >= 2 and macs >= PARALLEL_MACS and H >= 32:
-        return PARALLEL
-    return SERIAL
+        threads = numba.get_num_threads() if parallel_ok() and not oversubscribed() else 1
+    return PARALLEL if threads >= 2 else SERIAL
+
+
+def oversubscribed():
+    """Whether the machine has more runnable work than cores (1-minute load average above 1.5x
+    the core count). A step-level barrier then waits for a descheduled thread at every step (a
+    time slice, milliseconds, measured 100x slower than one thread), so stay on one."""
+    try:
+        return os.getloadavg()[0] > 1.5 * (os.cpu_count() or 1)
+    except (OSError, AttributeError):
+        return False
 
 
 def run_layer(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, out, col, h_n, c_n,
