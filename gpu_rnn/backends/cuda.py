@@ -267,7 +267,8 @@ def _wrap_device(a, storage, stream=None):
         if not t.is_contiguous():
             t = t.contiguous()
         if stream is None and not _simulator():
-            stream = cuda.external_stream(torch.cuda.current_stream(t.device).cuda_stream)
+            ptr = torch.cuda.current_stream(t.device).cuda_stream
+            stream = cuda.external_stream(ptr) if ptr else cuda.default_stream()
         arr = cuda.as_cuda_array(t, sync=False)
         if storage == "bfloat16":
             arr = arr.view(np.uint16)

@@ -19,12 +19,13 @@ import math
 from numba import cuda
 
 from .. import cells
-from .common import SIMULATOR, cdtype, configure, load, point, store, zero
+from .common import CF, SIMULATOR, cdtype, configure, load, store, zero
 from .gemm import copy
 
 TJ, KT, RB, TBY = 32, 32, 4, 8   # units per block, k-slice, sequences per thread, threads in y
 if SIMULATOR:
     TJ, KT, RB, TBY = 4, 4, 2, 2
+point = CF.point   # NVVM-inlined cell math: compiles in seconds rather than minutes
 GMAX = 4
 KT1 = KT + 1   # padded row: threads of a warp read different rows without bank conflicts
 RBY = RB * TBY
