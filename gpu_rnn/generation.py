@@ -236,12 +236,18 @@ _DEVICE_CACHE = weakref.WeakKeyDictionary()
 _CUDA_DTYPES = ("float32", "float64")
 
 
+def _numba_view(a):
+    """A numba device array over ``a``, zero-copy (numba's own and simulator arrays as they are)."""
+    from numba import cuda
+    return a if hasattr(a, "__cuda_ndarray__") else cuda.as_cuda_array(a)
+
+
 def _as_device(a, dt, name):
     """A numba device array of dtype ``dt``: zero-copy for device input of that dtype, one
     upload for host input."""
     from numba import cuda
     if is_device_array(a):
-        d = cuda.as_cuda_array(a)
+        d = _numba_view(a)
         if d.dtype != dt:
             raise DTypeError(f"{name} on the GPU must have dtype {dt}, got {d.dtype}")
         return d
@@ -263,10 +269,11 @@ def _wrap_out(d):
 def _device_weights(layer, head, embedding, dt):
     """Transposed, stacked weights on the device, uploaded once per weight version."""
     from numba import cuda
-    key = (layer.version, dt.str, id(head), getattr(head, "version", None),
-           id(embedding), getattr(embedding, "version", None))
+    # keyed on weight versions (in-place edits of weights must go through load_state_dict);
+    # the head and embedding objects themselves are held and compared by identity
+    key = (layer.version, dt.str, getattr(head, "version", None), getattr(embedding, "version", None))
     hit = _DEVICE_CACHE.get(layer)
-    if hit is not None and hit[0] == key:
+    if hit is not None and hit[0] == key and hit[2] is head and hit[3] is embedding:
         return hit[1]
     L, H, P = layer.num_layers, layer.hidden_size, layer.output_size
     G = layer.gate_count
@@ -294,7 +301,7 @@ def _device_weights(layer, head, embedding, dt):
         w_ih0_t=w_ih0_t, w_ih_t=w_ih_t, w_hh_t=w_hh_t, b_ih=b_ih, b_hh=b_hh, w_hr_t=w_hr_t,
         head_t=head_t, head_b=head_b, emb=emb, opts=opts).items()}
     dev["has_proj"] = has_proj
-    _DEVICE_CACHE[layer] = (key, dev)
+    _DEVICE_CACHE[layer] = (key, dev, head, embedding)
     return dev
 
 
@@ -311,7 +318,7 @@ def _generate_cuda(layer, spec, x0, head, embedding):
     w = _device_weights(layer, head, embedding, dt)
     if spec.token_start:
         if spec.device:
-            tok0 = cuda.as_cuda_array(x0)
+            tok0 = _numba_view(x0)
             if tok0.dtype != np.int64:
                 raise DTypeError(f"x0 start tokens on the GPU must be int64, got {tok0.dtype}")
             tok0 = tok0.reshape(B)
@@ -351,7 +358,7 @@ def _many_to_one_cuda(h_n, D, head):
     from numba import cuda
 
     from .kernels.cuda import generation as kgen
-    d = cuda.as_cuda_array(h_n)
+    d = _numba_view(h_n)
     if d.ndim == 2:  # unbatched
         d = d.reshape(d.shape[0], 1, d.shape[1])
     B, P = d.shape[1], d.shape[2]
