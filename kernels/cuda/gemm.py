@@ -11,15 +11,20 @@ Legend: T time, B batch, I input, N = D*G*H the stacked gate rows of both direct
     Storage dtypes as :mod:`gpu_rnn.kernels.cuda.common`; accumulation in the compute type.
 """
 import math
+import os
 
 from numba import cuda
 
 from .common import SIMULATOR, cdtype, configure, load, store, zero
 
+# GPU_RNN_CUDASIM_FULL_TILES=1 runs the GPU tile sizes under the simulator (slow: one Python
+# thread per CUDA thread), to check them without a GPU.
+_FULL_TILES = os.environ.get("GPU_RNN_CUDASIM_FULL_TILES") == "1"
+
 # Output tile BM x BN per block of (BN // TN) x (BM // TM) threads, each thread TM x TN outputs.
 BM, BN, BK, TM, TN = 64, 64, 16, 4, 4
 NTX, NTY = BN // TN, BM // TM
-if SIMULATOR:  # one Python thread per CUDA thread: keep blocks tiny
+if SIMULATOR and not _FULL_TILES:  # one Python thread per CUDA thread: keep blocks tiny
     BM, BN, BK, TM, TN = 8, 8, 4, 2, 2
     NTX, NTY = BN // TN, BM // TM
 NTHR = NTX * NTY

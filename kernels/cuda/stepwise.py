@@ -15,15 +15,20 @@ written) because every block reads all of ``h_{t-1}``.
 :func:`run_layer` has the layer-level interface of :mod:`gpu_rnn.kernels.cuda`.
 """
 import math
+import os
 
 from numba import cuda
 
 from .. import cells
 from .common import CF, SIMULATOR, cdtype, configure, load, store, zero
+
+# GPU_RNN_CUDASIM_FULL_TILES=1 runs the GPU tile sizes under the simulator (slow: one Python
+# thread per CUDA thread), to check them without a GPU.
+_FULL_TILES = os.environ.get("GPU_RNN_CUDASIM_FULL_TILES") == "1"
 from .gemm import copy
 
 TJ, KT, RB, TBY = 32, 32, 4, 8   # units per block, k-slice, sequences per thread, threads in y
-if SIMULATOR:
+if SIMULATOR and not _FULL_TILES:
     TJ, KT, RB, TBY = 4, 4, 2, 2
 point = CF.point   # NVVM-inlined cell math: compiles in seconds rather than minutes
 GMAX = 4

@@ -147,3 +147,39 @@ def test_launch_shape_covers_everything():
             grid, block = stepwise.launch_shape(B, H, 2)
             assert grid[0] * stepwise.TJ >= H and grid[1] * block[1] * stepwise.RB >= B
             assert grid[2] == 2 and block[0] == stepwise.TJ
+
+
+_FULL_TILES_SCRIPT = """
+import numpy as np, gpu_rnn
+from gpu_rnn import reference
+from gpu_rnn.kernels.cuda import gemm, stepwise
+assert (stepwise.TJ, stepwise.KT, gemm.BM) == (32, 32, 64), "GPU tile sizes expected"
+rng = np.random.default_rng(5)
+for cls, kw, T, B, I, H in [(gpu_rnn.LSTM, dict(bidirectional=True), 2, 3, 3, 5),
+                            (gpu_rnn.GRU, {}, 2, 9, 3, 35), (gpu_rnn.LSTM, dict(proj_size=3), 2, 2, 2, 4)]:
+    m = cls(I, H, seed=1, backend="cuda:stepwise", dtype="float64", **kw)
+    x = rng.standard_normal((T, B, I))
+    L = rng.integers(1, T + 1, B)
+    L[0] = T
+    out, _ = m(x, lengths=L)
+    D = m.num_directions
+    ref = reference.forward(m.mode, x, m.params(), np.zeros((D, B, m.output_size)), np.zeros((D, B, H)), L, D)
+    err = np.abs(out - ref[0]).max()
+    assert err < 1e-10, (cls.__name__, err)
+print("ok")
+"""
+
+
+def test_gpu_tile_sizes_under_the_simulator():
+    """The simulator normally runs shrunken tiles; this runs the GPU's tile sizes (32-unit
+    blocks, 64x64 GEMM tiles, several batch rows per thread) on tiny problems."""
+    import os
+    import subprocess
+    import sys
+    from cuda_testing import SIM
+    if not SIM:
+        pytest.skip("simulator only (a GPU runs these tiles in every test)")
+    env = dict(os.environ, GPU_RNN_CUDASIM_FULL_TILES="1", NUMBA_ENABLE_CUDASIM="1")
+    r = subprocess.run([sys.executable, "-c", _FULL_TILES_SCRIPT], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
