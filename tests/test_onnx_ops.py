@@ -348,3 +348,4 @@ def test_bad_inputs_raise_clear_errors(rng):
         gonnx.RNN(inp["X"], None, inp["R"])
     with pytest.raises(gpu_rnn.ConfigError, match="belong to an LSTM"):
         gonnx.GRU(**inp)  # a GRU has no initial_c or P
+
