@@ -381,7 +381,10 @@ def _define():
                          dtype=dtype, backend=backend, seed=seed)
             self._init_cell(clip, activations, activation_alpha, activation_beta)
 
-    return {"LSTM": OnnxLSTM, "GRU": OnnxGRU, "RNN": OnnxRNN}
+    classes = {"LSTM": OnnxLSTM, "GRU": OnnxGRU, "RNN": OnnxRNN}
+    for cls in classes.values():
+        cls.__qualname__ = cls.__name__  # gpu_rnn.onnx.OnnxLSTM, as the module exposes it
+    return classes
 
 
 _CLASSES = {}
