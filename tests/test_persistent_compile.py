@@ -37,7 +37,7 @@ def _compile(cache, storage):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("storage", ["float32", "float16", "float64"])
+@pytest.mark.parametrize("storage", ["float32", "float16", "bfloat16", "float64"])
 def test_compiles_for_sm90(ptx, storage):
     text = _compile(ptx, storage)
     assert ".target sm_90" in text

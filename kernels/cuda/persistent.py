@@ -9,8 +9,8 @@ double-buffered global workspace (the compute dtype), written by the block that 
 and read by every block after a grid-wide barrier; the cell state ``c`` never leaves its owner.
 
 Legend: T time, B batch, H hidden, P output size (``proj_size`` or H), G gates, D directions,
-NB blocks, NT threads per block, S = ceil(D*H / NB) units per block, KS lanes per dot product,
-BT = 4 batch rows per work item.
+NB blocks, NT threads per block, S = ceil(D*H / NB) units per block, KS lanes (threads) per
+dot product (``lanes``), BT = 4 batch rows per work item.
 
 Per step, a block's threads are grouped ``KS`` to a work item: one unit and a tile of up to
 ``BT`` batch rows. The lanes of a group split the ``P``-long dot products of the unit's ``G``
@@ -468,7 +468,8 @@ def _persistent(mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts
                             a3 = z
                             hn = z
                             if G >= 3:
-                                a1 = load(xp[t, b, x0 + H + j]) + acc[BT + bb] + load(b_hh[d, H + j])
+                                a1 = (load(xp[t, b, x0 + H + j]) + acc[BT + bb]
+                                      + load(b_hh[d, H + j]))
                                 if G == 3:
                                     a2 = load(xp[t, b, x0 + 2 * H + j])
                                     hn = acc[2 * BT + bb] + load(b_hh[d, 2 * H + j])
@@ -483,7 +484,8 @@ def _persistent(mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts
                                 ai = off_a + (d * B + b) * H + j
                                 ws[ai] = a0
                                 ws[ai + D * B * H] = a1
-                                ws[off_r + (d * B + b) * H + j] = reset_gate(a0, optl) * ws[hcur + j]
+                                rg = reset_gate(a0, optl)
+                                ws[off_r + (d * B + b) * H + j] = rg * ws[hcur + j]
                             else:
                                 hp = z if has_proj else ws[hcur + j]
                                 pi = z
