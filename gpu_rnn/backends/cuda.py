@@ -292,7 +292,7 @@ def _to_user(a, storage, torch_in):
 
 def _cublas_project(x, w_ih, b_ih, xp, batch_first, stream):
     import cupy
-    with cupy.cuda.ExternalStream(stream.handle.value if hasattr(stream.handle, "value") else int(stream.handle)):
+    with cupy.cuda.ExternalStream(int(stream.handle or 0)):
         cx = cupy.asarray(x)
         if batch_first:
             cx = cx.transpose(1, 0, 2)
