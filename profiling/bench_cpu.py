@@ -2,7 +2,7 @@
 
 For every shape of the grid (cell x B x T x H, I = H, one layer, float32) the three libraries run
 the same weights and inputs, interleaved round by round (so drift and neighbours' noise hit all
-of them alike); the median of the rounds is reported in µs per time step, with the ratio to the
+of them alike); the median of all timed calls is reported in µs per time step, with the ratio to the
 faster baseline and the shape's fraction of its floor:
 
 - floor = max(FLOPs / GEMM peak, recurrent weight bytes per step / memory bandwidth), both
@@ -43,7 +43,8 @@ def _ints(s):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m gpu_rnn.profiling.bench_cpu", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m gpu_rnn.profiling.bench_cpu",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--cells", default="LSTM,GRU,RNN", help="comma list of LSTM, GRU, RNN")
     p.add_argument("--batch", default="1,16,64", type=_ints, help="batch sizes B")
     p.add_argument("--seq", default="50,100", type=_ints, help="sequence lengths T")
@@ -220,7 +221,8 @@ FIELDS = ["cell", "B", "T", "H", "gpu_rnn_us", "torch_us", "ort_us", "best_basel
 
 def to_markdown(rows, header):
     lines = [header, "",
-             "| cell | B | T | H | gpu_rnn µs/step | torch µs/step | ORT µs/step | speed-up vs faster baseline | floor µs/step (bound) | fraction of floor |",
+             "| cell | B | T | H | gpu_rnn µs/step | torch µs/step | ORT µs/step "
+             "| speed-up vs faster baseline | floor µs/step (bound) | fraction of floor |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['cell']} | {r['B']} | {r['T']} | {r['H']} | {r['gpu_rnn_us']:.2f} | "
@@ -275,7 +277,14 @@ def main(argv=None):
         os.environ["GPU_RNN_BENCH_THREADS"] = str(args.threads)
         argv = sys.argv[1:] if argv is None else list(argv)
         os.execv(sys.executable, [sys.executable, "-m", "gpu_rnn.profiling.bench_cpu"] + argv)
+    import importlib.util
+
     import numpy as np
+    for lib, mods in (("torch", ("torch",)), ("ort", ("onnx", "onnxruntime"))):
+        missing = [m for m in mods if importlib.util.find_spec(m) is None]
+        if lib in args.libs and missing:
+            print(f"skipping {lib}: {', '.join(missing)} not installed", file=sys.stderr)
+            args.libs.remove(lib)
     ceil = measure_ceilings(np)
     rows = []
     t0 = time.perf_counter()
@@ -283,7 +292,8 @@ def main(argv=None):
         for H in args.hidden:
             for B in args.batch:
                 for T in args.seq:
-                    r = bench_shape(np, cell, B, T, H, args.libs, args.threads, args.budget, ceil, args.settle)
+                    r = bench_shape(np, cell, B, T, H, args.libs, args.threads, args.budget, ceil,
+                                    args.settle)
                     rows.append(r)
                     print(f"{cell:4s} B={B:3d} T={T:3d} H={H:4d}  gpu_rnn {r['gpu_rnn_us']:9.2f}  "
                           f"torch {r['torch_us']:9.2f}  ort {r['ort_us']:9.2f} µs/step  "

@@ -5,13 +5,14 @@ Legend: T time, B batch, H hidden, G gates, N = G*H.
 
 Per step: the recurrent matmul ``h @ W_hh.T`` into a preallocated ``(B, N)`` buffer, then one
 pointwise pass per sequence whose loop over hidden units vectorises (no calls, no branches but
-selects). Two matmul variants:
+selects). Three variants of the step (:func:`variant` picks one per layer call):
 
 - ``SERIAL``: hand-written dot products (:func:`rows_nt`), one thread: no per-step library
   call or thread wake-up, for small ``B * H * N`` where a BLAS call's overhead dominates;
 - ``PARALLEL``: the same dot products and the pointwise update fused per tile of hidden units
   (all G gates of units ``j0:j1``), tiles spread over the threads with one ``prange`` per step;
-  the hidden state is double-buffered so no tile reads a half-updated ``h``;
+  the hidden state is double-buffered so no tile reads a half-updated ``h``. Not used with
+  numba's ``workqueue`` layer nor on an oversubscribed machine (see :func:`oversubscribed`);
 - ``BLAS``: ``np.dot(h, W_hh.T, out)`` (threaded by the BLAS) then the pointwise pass, for large
   batches where a blocked sgemm is worth its call.
 
@@ -37,7 +38,6 @@ from numba.extending import intrinsic, overload
 from .. import cells
 
 _jit = numba.njit(cache=True, error_model="numpy")
-_inline = numba.njit(cache=True, error_model="numpy")
 
 # Variants of the recurrent step, chosen per layer call by :func:`variant`.
 SERIAL = 0    # hand-written matmul + pointwise, one thread
@@ -66,7 +66,7 @@ def _i32_as_f32(typingctx, i):
     return types.float32(types.int32), codegen
 
 
-@_inline
+@_jit
 def exp32(x):
     """float32 ``exp`` by Cody-Waite reduction and a degree-7 polynomial (Cephes ``expf``):
     relative error under 2 ulp for results in the normal range; inputs are clamped to
@@ -94,14 +94,14 @@ def exp32(x):
     return p * _i32_as_f32(np.int32(e))
 
 
-@_inline
+@_jit
 def sigmoid32(x):
     """float32 logistic ``1 / (1 + exp(-x))``: a few ulp relative (results above 1e-38), exact
     limits 1 at +inf and ~0 at -inf, NaN in, NaN out."""
     return np.float32(1) / (np.float32(1) + exp32(-x))
 
 
-@_inline
+@_jit
 def tanh32(x):
     """float32 ``tanh`` as the rational minimax x*P(x^2)/Q(x^2) on [-7.9, 7.9] (the form of
     Eigen's and ONNX Runtime's fast tanh): relative error a few ulp; ``x`` itself below 4e-4;
@@ -158,7 +158,7 @@ def _ov_ftanh(x):
     return lambda x: math.tanh(x)
 
 
-@_inline
+@_jit
 def frelu(x):
     zero = type(x)(0)
     if x > zero or x != x:
@@ -174,8 +174,9 @@ def rows_nt(h, w, acc, n0, n1):
 
     Dot products over contiguous k, four at a time so each loaded vector feeds four
     multiply-adds: four sequences per weight row, or (for the last B % 4) four weight rows per
-    sequence. (A 4 x 4 block measured no faster: the 16 vector sums spill.) ``reassoc`` lets the compiler split each sum into vector lanes, so the summation
-    order differs from a sequential loop (within float rounding, as any BLAS)."""
+    sequence (a 4 x 4 block measured no faster: its 16 vector sums spill). ``reassoc`` lets the
+    compiler split each sum into vector lanes, so the summation order differs from a sequential
+    loop (within float rounding, as any BLAS)."""
     B, K = h.shape
     zero = type(h[0, 0])(0)
     B4 = B - B % 4
