@@ -22,7 +22,7 @@ from .common import SIMULATOR, cdtype, configure, load, store, zero
 _FULL_TILES = os.environ.get("GPU_RNN_CUDASIM_FULL_TILES") == "1"
 
 # Output tile BM x BN per block of (BN // TN) x (BM // TM) threads, each thread TM x TN outputs.
-BM, BN, BK, TM, TN = 64, 64, 16, 4, 4
+BM, BN, BK, TM, TN = 128, 128, 8, 8, 8
 NTX, NTY = BN // TN, BM // TM
 if SIMULATOR and not _FULL_TILES:  # one Python thread per CUDA thread: keep blocks tiny
     BM, BN, BK, TM, TN = 8, 8, 4, 2, 2

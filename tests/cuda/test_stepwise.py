@@ -153,7 +153,7 @@ _FULL_TILES_SCRIPT = """
 import numpy as np, gpu_rnn
 from gpu_rnn import reference
 from gpu_rnn.kernels.cuda import gemm, stepwise
-assert (stepwise.TJ, stepwise.KT, gemm.BM) == (32, 32, 64), "GPU tile sizes expected"
+assert (stepwise.TJ, stepwise.KT, gemm.BM) == (32, 32, 128), "GPU tile sizes expected"
 rng = np.random.default_rng(5)
 for cls, kw, T, B, I, H in [(gpu_rnn.LSTM, dict(bidirectional=True), 2, 3, 3, 5),
                             (gpu_rnn.GRU, {}, 2, 9, 3, 35), (gpu_rnn.LSTM, dict(proj_size=3), 2, 2, 2, 4)]:
@@ -172,7 +172,7 @@ print("ok")
 
 def test_gpu_tile_sizes_under_the_simulator():
     """The simulator normally runs shrunken tiles; this runs the GPU's tile sizes (32-unit
-    blocks, 64x64 GEMM tiles, several batch rows per thread) on tiny problems."""
+    blocks, 128x128 GEMM tiles, several batch rows per thread) on tiny problems."""
     import os
     import subprocess
     import sys
