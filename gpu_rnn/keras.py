@@ -118,6 +118,9 @@ def _onnx_acts(acts):
 def _walk_configs(obj, out):
     """Every recurrent layer config (class_name in KINDS) inside a Keras config JSON."""
     if isinstance(obj, dict):
+        if obj.get("class_name") == "Bidirectional":
+            raise ConfigError("load_keras: Bidirectional Keras layers are not supported; load each "
+                              "direction's arrays with from_keras")
         if obj.get("class_name") in KINDS and isinstance(obj.get("config"), dict):
             out.append((obj["class_name"], obj["config"]))
             return
@@ -152,7 +155,8 @@ def load_keras(path, name=None, *, dtype=None, backend="auto"):
     """Layers from a Keras ``.keras`` archive or ``.weights.h5`` file.
 
     Returns the layer when the file holds one recurrent layer (or ``name`` picks one), else a
-    dict ``{layer name: layer}``. A ``.keras`` archive's ``config.json`` gives each layer's kind,
+    dict ``{layer name: layer}`` (the names of config.json for a ``.keras`` archive; the weight
+    group names, ``lstm``, ``gru_1`` ..., for a bare ``.weights.h5``). A ``.keras`` archive's ``config.json`` gives each layer's kind,
     activations and ``reset_after``; a bare ``.weights.h5`` has no config, so the kind comes from
     the shapes (G = 4 LSTM, 3 GRU, 1 SimpleRNN; a (2, 3H) GRU bias means ``reset_after=True``)
     with Keras's default activations.
@@ -175,7 +179,15 @@ def load_keras(path, name=None, *, dtype=None, backend="auto"):
             weights = io.BytesIO(z.read("model.weights.h5"))
         found = []
         _walk_configs(cfg, found)
-        configs = {c.get("name", f"{k}_{i}"): (k, c) for i, (k, c) in enumerate(found)}
+        # Keras 3 names the weight groups by class, in order: lstm, lstm_1, ..., simple_rnn
+        seen = {}
+        for kind, c in found:
+            snake = {"LSTM": "lstm", "GRU": "gru", "SimpleRNN": "simple_rnn"}[kind]
+            n = seen.get(snake, 0)
+            seen[snake] = n + 1
+            user = c.get("name", snake if n == 0 else f"{snake}_{n}")
+            configs[snake if n == 0 else f"{snake}_{n}"] = (kind, c, user)
+            configs.setdefault(user, (kind, c, user))
         source = weights
     else:
         source = path
@@ -191,13 +203,19 @@ def load_keras(path, name=None, *, dtype=None, backend="auto"):
         kernel, rec = arrs[0], arrs[1]
         bias = arrs[2] if len(arrs) == 3 else None
         G = rec.shape[1] // rec.shape[0]
-        kind, cfg = configs.get(lname, ({4: "LSTM", 3: "GRU", 1: "SimpleRNN"}.get(G), {}))
+        kind, cfg, user = configs.get(lname, ({4: "LSTM", 3: "GRU", 1: "SimpleRNN"}.get(G), {}, lname))
+        if configs and lname not in configs:
+            raise ConfigError(f"load_keras: weights group {lname!r} of {path!r} matches no recurrent layer "
+                              f"of its config.json ({sorted(configs)})")
+        if kind is not None and G != {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}[kind]:
+            raise ConfigError(f"load_keras: layer {user!r} is a {kind} in config.json but its weights have "
+                              f"{G} gate blocks")
         if kind is None:
             raise ConfigError(f"load_keras: layer {lname!r} has {G} gate blocks, not an LSTM (4), GRU (3) or SimpleRNN (1)")
         if cfg.get("go_backwards"):
             raise ConfigError(f"load_keras: layer {lname!r} has go_backwards=True, which is not supported")
         reset_after = cfg.get("reset_after", bias is not None and bias.ndim == 2)
-        layers[lname] = from_keras(kind, kernel, rec, bias, reset_after=reset_after,
+        layers[user] = from_keras(kind, kernel, rec, bias, reset_after=reset_after,
                                    activation=cfg.get("activation", "tanh"),
                                    recurrent_activation=cfg.get("recurrent_activation", "sigmoid"),
                                    dtype=dtype, backend=backend)

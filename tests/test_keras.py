@@ -135,11 +135,11 @@ def test_keras_archive_reads_its_config(tmp_path, rng):
         {"class_name": "InputLayer", "config": {"batch_shape": [None, None, I]}},
         {"class_name": "SimpleRNN", "config": {"name": "rnn", "units": H, "activation": "softsign",
                                                "return_sequences": True}},
-        {"class_name": "GRU", "config": {"name": "gru", "units": H, "activation": "tanh",
+        {"class_name": "GRU", "config": {"name": "mygru", "units": H, "activation": "tanh",
                                          "recurrent_activation": "hard_sigmoid", "reset_after": True}}]}}
     h5p = tmp_path / "w.h5"
     with h5py.File(h5p, "w") as f:
-        _write_weights_h5(f, {"rnn": w, "gru": g})
+        _write_weights_h5(f, {"simple_rnn": w, "gru": g})  # Keras 3 names the groups by class
     p = tmp_path / "model.keras"
     with zipfile.ZipFile(p, "w") as z:
         z.writestr("config.json", json.dumps(cfg))
@@ -150,8 +150,9 @@ def test_keras_archive_reads_its_config(tmp_path, rng):
     x = rng.standard_normal((2, 4, I))
     y1, _ = keras_forward("SimpleRNN", x, *w, activation="softsign")
     y2, _ = keras_forward("GRU", y1, *g, recurrent_activation="hard_sigmoid")
-    l64 = {k: gk.load_keras(p, k, dtype="float64") for k in ("rnn", "gru")}
-    np.testing.assert_allclose(_run(l64["gru"], _run(l64["rnn"], x)), y2, rtol=1e-10, atol=1e-12)
+    assert sorted(layers) == ["mygru", "rnn"]
+    l64 = {k: gk.load_keras(p, k, dtype="float64") for k in ("rnn", "mygru")}
+    np.testing.assert_allclose(_run(l64["mygru"], _run(l64["rnn"], x)), y2, rtol=1e-10, atol=1e-12)
 
 
 def test_bad_keras_inputs(tmp_path, rng):
@@ -184,3 +185,32 @@ def test_bad_keras_inputs(tmp_path, rng):
         gk.load_keras(z)
     with pytest.raises(FileNotFoundError):
         gk.load_keras(tmp_path / "missing.keras")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Keras's own torch-backend warnings
+def test_against_keras_itself(tmp_path, rng, monkeypatch):
+    """Models built and saved by Keras 3 (torch backend), where Keras is installed."""
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    x = rng.standard_normal((3, 6, 4)).astype(np.float32)
+    m = keras.Sequential([
+        keras.Input((None, 4)),
+        keras.layers.LSTM(5, return_sequences=True, name="l"),
+        keras.layers.GRU(7, return_sequences=True, reset_after=False, name="g0"),
+        keras.layers.GRU(3, return_sequences=True, recurrent_activation="hard_sigmoid", name="g1"),
+        keras.layers.SimpleRNN(2, return_sequences=True, activation="relu", name="s")])
+    want = np.asarray(m.predict(x, verbose=0))
+    m.save(tmp_path / "m.keras")
+    m.save_weights(tmp_path / "m.weights.h5")
+    layers = gk.load_keras(tmp_path / "m.keras")
+    assert sorted(layers) == ["g0", "g1", "l", "s"]
+    assert layers["g0"].linear_before_reset == 0 and layers["g1"].activations[0] == "HardSigmoid"
+    h = x.transpose(1, 0, 2)
+    for k in ("l", "g0", "g1", "s"):
+        h, _ = layers[k](h, backend="cpu")
+    got = h.transpose(1, 0, 2)
+    assert np.max(np.abs(got - want) / np.maximum(1, np.abs(want))) <= 1e-5
+    # a bare weights file: kinds from the shapes, groups named as Keras names them
+    bare = gk.load_keras(tmp_path / "m.weights.h5")
+    assert sorted(bare) == ["gru", "gru_1", "lstm", "simple_rnn"]
+    assert bare["gru"].linear_before_reset == 0
