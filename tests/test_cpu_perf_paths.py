@@ -209,6 +209,21 @@ def test_direct_call_writes_every_output(rng):
         assert scaled_err(res, r[0]) <= 1e-5
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_projection_blas_and_own(rng, dtype):
+    """The input projection by BLAS and by the hand-written product agree with float64 NumPy."""
+    for T, B, I, N in [(1, 1, 1, 1), (7, 3, 5, 13), (5, 2, 33, 68), (3, 17, 64, 257)]:
+        x = rng.standard_normal((T, B, I)).astype(dtype)
+        w = rng.standard_normal((N, I)).astype(dtype)
+        bias = rng.standard_normal(N).astype(dtype)
+        want = x.astype(np.float64) @ w.T.astype(np.float64) + bias
+        for blas in (True, False):
+            got = fast.project(x, w, bias, blas)
+            assert got.shape == (T, B, N) and got.dtype == dtype
+            tol = 1e-12 if dtype == np.float64 else 1e-5
+            assert np.abs(got - want).max() <= tol * max(1.0, np.abs(want).max()) * max(1, I) ** 0.5
+
+
 def test_variant_choice():
     assert fast.variant(1, 64, 4, threads=2) == fast.SERIAL       # tiny: no fork/join per step
     assert fast.variant(1, 512, 4, threads=2) == fast.PARALLEL    # matvec split over both cores

@@ -50,6 +50,8 @@ PARALLEL = 2  # hand-written matmul + pointwise fused per tile of hidden units, 
 # 256-bit ones (LLVM's preference on AVX-512 parts), so at large batch it has twice the peak.
 PARALLEL_MACS = 1 << 17
 BLAS_MACS = 1 << 21
+# The input projection of a SERIAL layer stays on this thread below this many multiply-adds.
+PROJECT_BLAS_MACS = 1 << 21
 
 
 # -- vectorisable float32 activations ---------------------------------------------------------
@@ -290,12 +292,17 @@ def point_tile(mode, xp_t, acc, b_hn, hc, hn, c, lengths, t, out_t, col, j0, j1)
 # -- the drivers --------------------------------------------------------------------------------
 
 @_jit
-def project(x, w_ih, bias):
-    """Input projection of all steps as one GEMM: ``x (T, B, I) @ w_ih (N, I).T + bias (N,)``."""
+def project(x, w_ih, bias, blas=True):
+    """Input projection of all steps as one GEMM: ``x (T, B, I) @ w_ih (N, I).T + bias (N,)``;
+    ``blas=False`` uses :func:`rows_nt` on this thread instead (small layers: waking the BLAS's
+    threads costs more than the product)."""
     T, B, I = x.shape
     N = w_ih.shape[0]
     xp = np.empty((T * B, N), dtype=x.dtype)
-    np.dot(x.reshape(T * B, I), w_ih.T, xp)
+    if blas:
+        np.dot(x.reshape(T * B, I), w_ih.T, xp)
+    else:
+        rows_nt(x.reshape(T * B, I), w_ih, xp, 0, N)
     for r in range(T * B):
         for n in range(N):
             xp[r, n] += bias[n]
@@ -315,7 +322,8 @@ def layer_serial(mode, x, w_ih, w_hh, bias, b_hn, h0, c0, lengths, reverse, out,
     out     (T, B, D*H), this direction at ``col``; h_n, c_n (B, H) written
     use_blas  True: ``np.dot`` per step (``BLAS``), False: :func:`rows_nt` (``SERIAL``)
     """
-    xp = project(x, w_ih, bias)
+    T, B, I = x.shape
+    xp = project(x, w_ih, bias, use_blas or T * B * I * w_ih.shape[0] > PROJECT_BLAS_MACS)
     T, B, N = xp.shape
     H = h0.shape[1]
     hc = h0.copy()
