@@ -15,16 +15,10 @@ from numba import cuda  # noqa: E402
 from numba.cuda import types as t  # noqa: E402
 
 
-def _nvvm_ok():
-    try:
-        from numba.cuda.cudadrv import nvvm
-        nvvm.NVVM()
-        return True
-    except Exception:  # noqa: BLE001
-        return False
+from ptx_support import ptx_compiler_status  # noqa: E402
 
-
-pytestmark = pytest.mark.skipif(not _nvvm_ok(), reason="NVVM/NVRTC libraries not found")
+_PTX_OK, _PTX_WHY = ptx_compiler_status()
+pytestmark = pytest.mark.skipif(not _PTX_OK, reason=_PTX_WHY or "PTX compiler available")
 
 STORAGE = {"float32": t.float32, "float64": t.float64, "float16": t.float16, "bfloat16": t.uint16}
 F64 = re.compile(r"\.f64\b")

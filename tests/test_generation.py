@@ -357,13 +357,12 @@ def test_cuda_generation_kernels_compile():
     import re
     if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
         pytest.skip("compiles real CUDA kernels: not under the simulator")
-    try:
-        from numba import cuda
-        from numba.cuda import types as t
-        from numba.cuda.cudadrv import nvvm
-        nvvm.NVVM()
-    except Exception:  # noqa: BLE001
-        pytest.skip("NVVM/NVRTC libraries not found")
+    from ptx_support import ptx_compiler_status
+    ok, why = ptx_compiler_status()
+    if not ok:
+        pytest.skip(why)
+    from numba import cuda
+    from numba.cuda import types as t
     from gpu_rnn.kernels.cuda import generation as kgen
     f = getattr(t, dtype)
     a1, a2, a3 = (t.Array(f, n, "C") for n in (1, 2, 3))

@@ -17,6 +17,8 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
     pytest.skip("compile_ptx needs the real numba.cuda, not the simulator",
                 allow_module_level=True)
 
+from ptx_support import ptx_compiler_status  # noqa: E402
+
 from gpu_rnn.kernels import cells  # noqa: E402
 from gpu_rnn.kernels.cuda import persistent  # noqa: E402
 
@@ -37,6 +39,7 @@ def _compile(cache, storage):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not ptx_compiler_status()[0], reason=ptx_compiler_status()[1] or "PTX compiler available")
 @pytest.mark.parametrize("storage", ["float32", "float16", "bfloat16", "float64"])
 def test_compiles_for_sm90(ptx, storage):
     text = _compile(ptx, storage)
