@@ -47,7 +47,7 @@ import numpy as np
 
 from . import dispatch
 from .arrays import to_host
-from .errors import ConfigError, DTypeError, ShapeError
+from .errors import BackendUnavailableError, ConfigError, DTypeError, ShapeError
 
 # ONNX name -> (uses alpha, uses beta, default alpha, default beta)
 ACTIVATIONS = {
@@ -320,6 +320,12 @@ class _ExtendedCell:
             warnings.warn(f"{type(self).__name__}: backend {name!r} does not run {what}; running on 'cpu'",
                           RuntimeWarning, stacklevel=3)
             backend = "cpu"
+        elif lbr0 and name != "cpu":
+            try:
+                return super()._run(x, hx, lengths, backend)
+            except BackendUnavailableError as e:  # the one kernel that can run it does not fit
+                warnings.warn(f"{type(self).__name__}: {e}; running on 'cpu'", RuntimeWarning, stacklevel=3)
+                backend = "cpu"
         return super()._run(x, hx, lengths, backend)
 
     def extra_repr(self):

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..arrays import is_torch_tensor
 from ..dispatch import Plan
-from ..errors import DeviceError, DTypeError
+from ..errors import BackendUnavailableError, DeviceError, DTypeError
 
 _STORAGE = ("float32", "float64", "float16", "bfloat16")
 
@@ -30,6 +30,11 @@ def _cell_mode(layer, cells):
     return cells.MODES[layer.mode] if mode is None else mode
 
 
+def _is_gru_lbr0(layer, cells):
+    opts = getattr(layer, "cell_opts", None)
+    return _cell_mode(layer, cells) == cells.ONNX_GRU and opts is not None and opts[cells.OPT_LBR] == 0
+
+
 def _have_cupy():
     try:
         import cupy  # noqa: F401
@@ -41,8 +46,11 @@ def _have_cupy():
 class CudaBackend:
     name = "cuda"
     # runs the extended (ONNX) cells of gpu_rnn.onnx: layer.cell_mode, cell_opts, cell_peepholes;
-    # the GRU with linear_before_reset=0 is not declared (gru_lbr0): gpu_rnn.onnx runs it on the CPU
+    # the GRU with linear_before_reset=0 (reset before the recurrent matmul) needs a barrier
+    # inside the step: the persistent kernel has one, the stepwise kernel does not, so plan()
+    # refuses it where the persistent kernel cannot run (gpu_rnn.onnx then warns and uses the CPU)
     extended_cells = True
+    gru_lbr0 = True
 
     def status(self):
         try:
@@ -91,6 +99,11 @@ class CudaBackend:
                     warnings.warn(msg, RuntimeWarning, stacklevel=4)
                 reasons.append(msg)
                 chosen = "stepwise"
+        if chosen == "stepwise" and _is_gru_lbr0(layer, cells):
+            raise BackendUnavailableError(
+                "the GRU with linear_before_reset=0 runs only in the persistent CUDA kernel "
+                "(the reset comes before the recurrent matmul), which cannot run here: "
+                + (reasons[-1] if reasons and "persistent" in reasons[-1] else "variant 'stepwise' was asked for"))
         if chosen == "stepwise":
             reasons.append("stepwise: one fused step kernel launch per layer and time step")
         return Plan("cuda", chosen, gemm=gemm, dtype=layer.dtype, reasons=reasons, details=details)
@@ -199,6 +212,10 @@ class CudaBackend:
                     try:
                         _persistent_module().run_layer(*args)
                     except Exception as e:  # noqa: BLE001 - fall back loudly, never silently wrong
+                        if _is_gru_lbr0(layer, cells):
+                            raise BackendUnavailableError(
+                                "the GRU with linear_before_reset=0 runs only in the persistent CUDA "
+                                f"kernel, which failed ({type(e).__name__}: {e})") from e
                         warnings.warn(f"persistent CUDA kernel failed ({type(e).__name__}: {e}); "
                                       "running the stepwise kernel", RuntimeWarning, stacklevel=3)
                         plan.reasons.append(f"persistent failed at run time ({e}); fell back to stepwise")
