@@ -5,16 +5,16 @@ Legend: T time, B batch, H hidden, G gates, N = G*H.
 
 Per step: the recurrent matmul ``h @ W_hh.T`` into a preallocated ``(B, N)`` buffer, then one
 pointwise pass per sequence whose loop over hidden units vectorises (no calls, no branches but
-selects). Three variants of the step (:func:`variant` picks one per layer call):
+selects). Three variants of the step (:func:`variant` picks SERIAL or BLAS per layer call):
 
 - ``SERIAL``: hand-written dot products (:func:`rows_nt`), one thread: no per-step library
   call or thread wake-up, for small ``B * H * N`` where a BLAS call's overhead dominates;
 - ``PARALLEL``: the same dot products and the pointwise update fused per tile of hidden units
   (all G gates of units ``j0:j1``), tiles spread over the threads with one ``prange`` per step;
-  the hidden state is double-buffered so no tile reads a half-updated ``h``. Not used with
-  numba's ``workqueue`` layer nor on an oversubscribed machine (see :func:`oversubscribed`);
-- ``BLAS``: ``np.dot(h, W_hh.T, out)`` (threaded by the BLAS) then the pointwise pass, for large
-  batches where a blocked sgemm is worth its call.
+  the hidden state is double-buffered so no tile reads a half-updated ``h``. Never chosen
+  automatically (measured slower than one thread, see :func:`variant`); reachable by ``force``;
+- ``BLAS``: ``np.dot(h, W_hh.T, out)`` (threaded by the BLAS) then the pointwise pass, for
+  large steps where a blocked sgemm (or sgemv at batch 1) is worth its call.
 
 The input projection of all steps is one BLAS GEMM inside the same compiled call, so a layer
 costs one dispatch from Python, not one per array operation.
@@ -50,8 +50,10 @@ PARALLEL = 2  # hand-written matmul + pointwise fused per tile of hidden units, 
 # 256-bit ones (LLVM's preference on AVX-512 parts), so at large batch it has twice the peak.
 PARALLEL_MACS = 1 << 17
 BLAS_MACS = 1 << 21
+BLAS_MACS_B1 = 1 << 19
 # The input projection of a SERIAL layer stays on this thread below this many multiply-adds.
 PROJECT_BLAS_MACS = 1 << 21
+BLAS_MACS_B1 = 1 << 19
 
 
 # -- vectorisable float32 activations ---------------------------------------------------------
@@ -399,25 +401,19 @@ def parallel_ok():
 
 
 def variant(B, H, G, threads=None):
-    """``SERIAL``, ``PARALLEL`` or ``BLAS`` for a step of ``B * H * G*H`` multiply-adds."""
+    """``SERIAL`` or ``BLAS`` for a step of ``B * H * G*H`` multiply-adds.
+
+    Measured on a quiet 2-core machine (2026-11-27, ``profiling/bench_cpu.py`` and a forced-variant
+    sweep): the two-thread step (``PARALLEL``, one fork/join per step) was slower than one thread
+    at every shape tried (B=1 H=512 LSTM: 327 vs 158 µs per step; B=16 H=64: 160 vs 28), so the
+    automatic choice never takes it; it stays available to ``force`` and to the tests. BLAS pays
+    from about 2M multiply-adds a step, and at batch 1 from 0.5M (its sgemv streams W_hh faster
+    than the hand-written dot products). ``threads`` is accepted for compatibility and ignored.
+    """
     macs = B * H * G * H
-    if macs >= BLAS_MACS and B >= 8:
+    if macs >= BLAS_MACS or (B == 1 and macs >= BLAS_MACS_B1):
         return BLAS
-    if macs < PARALLEL_MACS or H < 32:
-        return SERIAL
-    if threads is None:
-        threads = numba.get_num_threads() if parallel_ok() and not oversubscribed() else 1
-    return PARALLEL if threads >= 2 else SERIAL
-
-
-def oversubscribed():
-    """Whether the machine has more runnable work than cores (1-minute load average above 1.5x
-    the core count). A step-level barrier then waits for a descheduled thread at every step (a
-    time slice, milliseconds, measured 100x slower than one thread), so stay on one."""
-    try:
-        return os.getloadavg()[0] > 1.5 * (os.cpu_count() or 1)
-    except (OSError, AttributeError):
-        return False
+    return SERIAL
 
 
 def run_layer(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, out, col, h_n, c_n,
