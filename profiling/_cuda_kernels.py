@@ -32,8 +32,6 @@ def _fma_body(out, n_iter):
     out[i] = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
 
 
-
-
 def _smem_body(out, n_iter):
     """Each thread reads float32 words of a shared array (conflict-free stride) and sums them."""
     buf = cuda.shared.array(1024, dtype=float32)
@@ -55,5 +53,18 @@ def _smem_body(out, n_iter):
         out[i] = acc0 + acc1
 
 
+def _grid_sync_body(out, n):
+    """``n`` grid-wide barriers and nothing else (a cooperative launch: the grid must be
+    co-resident); thread 0 writes how many it passed."""
+    g = cuda.cg.this_grid()
+    k = 0
+    for _ in range(n):
+        g.sync()
+        k += 1
+    if cuda.grid(1) == 0:
+        out[0] = k
+
+
 fma_kernel = cuda.jit(_fma_body)
 smem_kernel = cuda.jit(_smem_body)
+grid_sync_kernel = cuda.jit(_grid_sync_body)

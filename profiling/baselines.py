@@ -3,6 +3,8 @@ CPU, cuDNN on a GPU) and ONNX Runtime (single-node ``LSTM``/``GRU``/``RNN`` mode
 
 Each baseline runs the same layer (the weights of the gpu_rnn layer, converted to the library's
 gate order) on the same input, on the same device as the gpu_rnn backend it is compared with;
+with ``lengths``, torch runs a ``PackedSequence`` (packed, run, padded back: all inside the timed
+call, as a user's code does) and ONNX Runtime gets ``sequence_lens``; the report's plan says so;
 its output is checked against gpu_rnn's (``max_abs_diff`` in the report notes). A baseline that
 cannot run a configuration (not installed, no GPU, ``proj_size`` in ONNX, float64 in ONNX
 Runtime ...) says why in :class:`Unavailable`.
@@ -107,6 +109,8 @@ def _torch_runner(layer, x, lengths, device):
         clock = HostClock()
     label = f"torch {torch.__version__} " + ("cuDNN, TF32 off" if device == "cuda"
                                               else f"CPU, {torch.get_num_threads()} threads")
+    if lt is not None:
+        label += ", PackedSequence (pack_padded_sequence, enforce_sorted=False)"
     return run, (lambda out: out.float().cpu().numpy()), clock, label
 
 
@@ -204,7 +208,8 @@ def _ort_runner(layer, x, lengths, device):
         class SyncClock(HostClock):
             kind = "perf_counter (session.run is synchronous)"
         clock = SyncClock()
-    return run, to_np, clock, f"onnxruntime {ort.__version__} {providers[0]}, {so.intra_op_num_threads} threads"
+    label = f"onnxruntime {ort.__version__} {providers[0]}, {so.intra_op_num_threads} threads"
+    return run, to_np, clock, label + (", sequence_lens" if lengths is not None else "")
 
 
 def runner(name, layer, x, lengths=None, device="cpu"):

@@ -3,13 +3,18 @@
 - CPU: BLAS GEMM throughput (``np.dot`` of two square matrices, float32 and float64) and memory
   bandwidth (``np.copyto`` of an array far larger than the caches, read + write counted).
 - CUDA: device-to-device copy bandwidth (``copy_to_device`` between device arrays, read + write
-  counted), an FMA-bound kernel (8 independent FMA chains per thread, float32 and float64) and
-  the shared-memory read bandwidth (the persistent kernel keeps W_hh there).
+  counted), an FMA-bound kernel (8 independent FMA chains per thread, float32 and float64), the
+  shared-memory read bandwidth (the persistent kernel keeps W_hh there) and the latency of one
+  grid-wide barrier (``cuda.cg.this_grid().sync()`` in a cooperative launch of one block per
+  multiprocessor, as the persistent kernel's grid: the time of ``2n`` barriers minus that of
+  ``n``, over ``n``, so the launch cancels out). The on-chip capacity (shared memory of all
+  multiprocessors) is read from the device's properties.
 
 Each ceiling is the best of a few runs (a ceiling is what the machine can do, so the best run
 estimates it; medians are for the kernels under test). Results are cached per device for the
 life of the process. Under the CUDA simulator the numbers are measured on tiny launches and
-flagged ``simulated``: they only exercise the code path.
+flagged ``simulated``: they only exercise the code path; the barrier latency and the on-chip
+capacity are NaN there and on the CPU (a CPU step's floor has no barrier term).
 """
 import time
 from dataclasses import dataclass, field
@@ -29,6 +34,8 @@ class Ceilings:
     smem_bandwidth: float = float("nan")
     simulated: bool = False
     notes: dict = field(default_factory=dict)
+    grid_sync_s: float = float("nan")
+    onchip_bytes: float = float("nan")
 
     def peak(self, dtype):
         """Peak FLOP/s for a storage dtype (16-bit storage computes in float32)."""
@@ -38,9 +45,17 @@ class Ceilings:
     def roof(self, intensity, dtype):
         return min(self.peak(dtype), intensity * self.bandwidth)
 
+    def floor(self, shape):
+        """The floor of one time step of ``shape`` (a :class:`~gpu_rnn.profiling.models.Shape`) on
+        this device: :func:`~gpu_rnn.profiling.models.step_floor` with these ceilings."""
+        from .models import step_floor
+        return step_floor(shape, self.peak(shape.dtype), self.bandwidth, self.smem_bandwidth,
+                          self.onchip_bytes, self.grid_sync_s)
+
     def to_dict(self):
         return {"device": self.device, "peak_flops": dict(self.peak_flops), "bandwidth": self.bandwidth,
-                "smem_bandwidth": self.smem_bandwidth, "simulated": self.simulated, "notes": dict(self.notes)}
+                "smem_bandwidth": self.smem_bandwidth, "grid_sync_s": self.grid_sync_s,
+                "onchip_bytes": self.onchip_bytes, "simulated": self.simulated, "notes": dict(self.notes)}
 
 
 def _best(fn, repeats, min_seconds=0.0):
@@ -150,10 +165,54 @@ def measure_cuda(quick=False):
     t = _time_cuda(lambda: smem[blocks, threads](d_out, n_iter), reps, sim)
     smem_bw = 2.0 * 4.0 * n * n_iter / t
     label = "cuda simulator" if sim else f"cuda: {name} ({sms} SMs)"
-    return Ceilings(label, peak, bw, smem_bw, simulated=sim, notes={
+    notes = {
         "peak_flops": f"{FMA_CHAINS} FMA chains x {n_iter} per thread, {blocks}x{threads} threads, best of {reps}",
         "bandwidth": f"device-to-device copy of {nbytes / 2**20:g} MiB, read+write, best of {reps}",
-        "smem_bandwidth": f"float32 shared-memory reads, {blocks}x{threads} threads, best of {reps}"})
+        "smem_bandwidth": f"float32 shared-memory reads, {blocks}x{threads} threads, best of {reps}"}
+    t_sync = onchip = float("nan")
+    if sim:
+        notes["grid_sync_s"] = "not measured: the simulator runs one block at a time"
+    else:
+        try:
+            t_sync, note = measure_grid_sync(sms, quick)
+            notes["grid_sync_s"] = note
+        except Exception as e:  # noqa: BLE001 - no cooperative launch here: the floor goes without it
+            notes["grid_sync_s"] = f"not measured: {type(e).__name__}: {e}"
+        onchip = _onchip_bytes(dev, sms)
+        notes["onchip_bytes"] = "shared memory per multiprocessor x multiprocessors (device properties)"
+    return Ceilings(label, peak, bw, smem_bw, simulated=sim, notes=notes, grid_sync_s=t_sync,
+                    onchip_bytes=onchip)
+
+
+def _onchip_bytes(dev, sms):
+    for attr in ("MAX_SHARED_MEMORY_PER_MULTIPROCESSOR", "MAX_SHARED_MEMORY_PER_BLOCK_OPTIN",
+                 "MAX_SHARED_MEMORY_PER_BLOCK"):
+        try:
+            return float(getattr(dev, attr)) * sms
+        except Exception:  # noqa: BLE001 - attribute unknown to this driver or numba
+            continue
+    return float("nan")
+
+
+def measure_grid_sync(sms, quick=False, threads=256):
+    """Seconds per grid-wide barrier on the current (real) device: a cooperative launch of one
+    block per multiprocessor (at most what can be co-resident) doing ``n`` and ``2n``
+    ``this_grid().sync()``; the difference over ``n`` removes the launch. Returns
+    ``(seconds, note)``."""
+    from numba import cuda
+
+    from ._cuda_kernels import grid_sync_kernel
+    out = cuda.device_array(1, np.int64)
+    n = 1000 if quick else 4000
+    reps = 3 if quick else 5
+    compiled = grid_sync_kernel.compile((grid_sync_kernel.typeof_pyval(out), grid_sync_kernel.typeof_pyval(n)))
+    blocks = max(1, min(int(sms), int(compiled.max_cooperative_grid_blocks(threads))))
+    t1 = _time_cuda(lambda: grid_sync_kernel[blocks, threads](out, n), reps, False)
+    t2 = _time_cuda(lambda: grid_sync_kernel[blocks, threads](out, 2 * n), reps, False)
+    if int(out.copy_to_host()[0]) != 2 * n:
+        raise RuntimeError("the barrier kernel did not run its loop")
+    return max(t2 - t1, 0.0) / n, (f"this_grid().sync() in a cooperative launch of {blocks}x{threads} "
+                                   f"threads: (time of {2 * n} - time of {n}) / {n}, best of {reps}")
 
 
 def get(backend="cpu", quick=False):

@@ -22,6 +22,7 @@ Per hidden unit and step, after the matmuls (``POINT_FLOPS``):
 - GRU: r and z sums (4 adds), ``W_hn h + b_hn`` (1), 3 activations, ``x_n + r*hn`` (2),
   ``h = (1-z)*n + z*h`` (4): 14.
 """
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -234,3 +235,43 @@ def roofline(cost, seconds, peak_flops, bandwidth):
         fraction = bps / bandwidth
     return {"flops_per_s": fps, "bytes_per_s": bps, "intensity": ai, "roof_flops_per_s": roof,
             "fraction": fraction, "bound": "memory" if mem_roof < peak_flops else "compute"}
+
+
+def recurrent_weights(s):
+    """Recurrent weight elements of one layer, all directions: ``W_hh`` (G*H, P) and, with
+    ``proj_size``, ``W_hr`` (P, H), per direction. Every step reads all of them."""
+    return s.D * (s.G * s.H * s.out + (s.out * s.H if s.P else 0))
+
+
+def barriers_per_step(s):
+    """Grid-wide barriers one layer's step needs: 1, or 2 with ``proj_size`` (the projection
+    reads every unit's new ``h`` of the step)."""
+    return 2 if s.P else 1
+
+
+def step_floor(s, peak_flops, bandwidth, onchip_bandwidth=float("nan"), onchip_bytes=float("nan"),
+               t_sync=float("nan")):
+    """The floor of one time step of the whole call (seconds): the larger of
+
+    - ``t_weights``: every layer's recurrent weights read once per step
+      (:func:`recurrent_weights` elements in the storage dtype). A layer whose weights fit in
+      ``onchip_bytes`` (all multiprocessors' shared memory; a persistent kernel keeps them
+      there) reads them at ``onchip_bandwidth``, any other at ``bandwidth`` (memory). Layers
+      run one after another, so their times add.
+    - ``t_flops``: the call's FLOPs (:func:`forward`: input projection, recurrent matmul,
+      pointwise math) per step at ``peak_flops``.
+    - ``t_barrier``: one grid barrier (``t_sync``, measured on the card) per layer and step
+      (:func:`barriers_per_step`): the step-to-step dependency of a persistent kernel. NaN
+      (a CPU, the simulator) leaves it out.
+
+    Returns ``dict(t_weights, t_flops, t_barrier, floor, bound)`` with ``bound`` one of
+    ``weights:onchip``, ``weights:memory``, ``flops``, ``barrier``.
+    """
+    wbytes = recurrent_weights(s) * s.isz
+    onchip = math.isfinite(onchip_bytes) and math.isfinite(onchip_bandwidth) and wbytes <= onchip_bytes
+    t_w = s.L * wbytes / (onchip_bandwidth if onchip else bandwidth)
+    t_f = forward(s).flops / s.T / peak_flops
+    t_b = s.L * barriers_per_step(s) * t_sync if math.isfinite(t_sync) else float("nan")
+    parts = {"weights:onchip" if onchip else "weights:memory": t_w, "flops": t_f, "barrier": t_b}
+    bound, floor = max(((k, v) for k, v in parts.items() if math.isfinite(v)), key=lambda kv: kv[1])
+    return {"t_weights": t_w, "t_flops": t_f, "t_barrier": t_b, "floor": floor, "bound": bound}

@@ -92,6 +92,40 @@ def test_roofline_by_hand():
     assert math.isnan(models.roofline(Cost(1, 1), 0.0, 1, 1)["fraction"])
 
 
+def test_step_floor_by_hand():
+    # CPU: no barrier term; LSTM B=2 T=3 I=5 H=7 float32
+    s = Shape("lstm", B=2, T=3, I=5, H=7)
+    f = models.step_floor(s, peak_flops=1e9, bandwidth=1e6)
+    assert f["t_weights"] == pytest.approx(4 * 7 * 7 * 4 / 1e6)  # W_hh (28, 7) float32 per step
+    assert f["t_flops"] == pytest.approx((1848 + 3066) / 3 / 1e9)  # input GEMM + recurrence, per step
+    assert math.isnan(f["t_barrier"])
+    assert f["floor"] == f["t_weights"] and f["bound"] == "weights:memory"
+    # a GPU: 16-bit weights fit on chip, FLOPs bound at B = 16 (the fp16 target shape)
+    g = dict(peak_flops=50e12, bandwidth=3e12, onchip_bandwidth=30e12, onchip_bytes=30e6, t_sync=1e-6)
+    f = models.step_floor(Shape("lstm", B=16, T=10, I=768, H=768, dtype="float16"), **g)
+    assert f["t_weights"] == pytest.approx(4 * 768 * 768 * 2 / 30e12)
+    # per step: (16, 768) x (768, 3072) + bias, then (16, 768) x (768, 3072) + 17 per unit
+    assert f["t_flops"] == pytest.approx((75_497_472 + 49_152 + 75_497_472 + 208_896) / 50e12)
+    assert f["t_barrier"] == pytest.approx(1e-6)
+    assert f["bound"] == "flops" and f["floor"] == f["t_flops"]
+    # batch 1, H = 256: the barrier bounds; 2 layers with a projection: 2 layers x 2 barriers
+    f = models.step_floor(Shape("lstm", B=1, T=10, I=256, H=256), **g)
+    assert f["bound"] == "barrier" and f["floor"] == pytest.approx(1e-6)
+    f = models.step_floor(Shape("lstm", B=1, T=10, I=256, H=256, P=128, L=2), **g)
+    assert f["t_barrier"] == pytest.approx(4e-6)
+    assert f["t_weights"] == pytest.approx(2 * (4 * 256 * 128 + 128 * 256) * 4 / 30e12)
+    # both directions of H = 1024 float32 (32 MiB) do not fit in 30 MB: read from memory
+    f = models.step_floor(Shape("lstm", B=1, T=10, I=1024, H=1024, D=2), **g)
+    assert f["bound"] == "weights:memory"
+    assert f["floor"] == pytest.approx(2 * 4 * 1024 * 1024 * 4 / 3e12)
+    # the ceilings' own floor passes its measurements through
+    c = ceilings.Ceilings("gpu: test", {"float32": 50e12, "float64": 1e12}, 3e12, smem_bandwidth=30e12,
+                          grid_sync_s=1e-6, onchip_bytes=30e6)
+    s = Shape("gru", B=4, T=5, I=512, H=512, dtype="float64")
+    assert c.floor(s) == models.step_floor(s, 1e12, 3e12, 30e12, 30e6, 1e-6)
+    assert math.isnan(ceilings.Ceilings("cpu: test", {"float32": 1.0, "float64": 1.0}, 1.0).grid_sync_s)
+
+
 @pytest.mark.parametrize("kw", [dict(B=0), dict(T=-1), dict(D=3), dict(dtype="int8"), dict(mode="lstmx")])
 def test_shape_rejects_nonsense(kw):
     args = dict(mode="lstm", B=1, T=1, I=1, H=1)
@@ -364,6 +398,126 @@ def test_cli_quick_tiny_sweep_writes_files(tmp_path):
         assert len(b) > 1000 and b.startswith(PNG)
 
 
+def _report(impl, us_per_call, ceil, T=10):
+    """A hand-made report of one whole call taking ``us_per_call`` (LSTM B=1 T I=H=256)."""
+    from gpu_rnn.profiling.core import PhaseReport, Report
+    cfg = dict(cell="lstm", B=1, T=T, I=256, H=256, P=0, L=1, D=1, dtype="float32", lengths=False)
+    shape = Shape("lstm", 1, T, 256, 256)
+    p = PhaseReport("forward", None, None, [us_per_call * 1e-6] * 3, models.forward(shape))
+    return Report(cfg, impl, f"backend {impl}", "perf_counter", 3, 0, 0.5, p, [], ceil, "whole call only")
+
+
+def test_config_rows_speedup_of_each_variant_and_floor():
+    from gpu_rnn.profiling.cli import config_rows
+    ceil = ceilings.Ceilings("gpu: test", {"float32": 50e12, "float64": 1e12}, 3e12, smem_bandwidth=30e12,
+                             grid_sync_s=1e-6, onchip_bytes=30e6)
+    reps = {"gpu_rnn:cuda:stepwise": _report("cuda:stepwise", 200.0, ceil),
+            "gpu_rnn:cuda:persistent": _report("cuda:persistent", 20.0, ceil),
+            "torch": _report("torch", 60.0, ceil), "onnxruntime": _report("onnxruntime", 80.0, ceil)}
+    rows = {r["impl"]: r for r in config_rows(reps, "cmd", "2026-01-01")}
+    assert rows["gpu_rnn:cuda:stepwise"]["speedup_vs_best_baseline"] == pytest.approx(0.3)
+    assert rows["gpu_rnn:cuda:persistent"]["speedup_vs_best_baseline"] == pytest.approx(3.0)
+    assert math.isnan(rows["torch"]["speedup_vs_best_baseline"])
+    # B = 1, H = 256 on this card: one 1 us barrier per step bounds (see test_step_floor_by_hand)
+    for r in rows.values():
+        assert r["floor_us_per_step"] == pytest.approx(1.0) and r["floor_bound"] == "barrier"
+        assert r["floor_barrier_us"] == pytest.approx(1.0)
+    assert rows["gpu_rnn:cuda:persistent"]["per_step_us"] == pytest.approx(2.0)
+    assert rows["gpu_rnn:cuda:persistent"]["fraction_of_floor"] == pytest.approx(0.5)
+    assert rows["torch"]["fraction_of_floor"] == pytest.approx(1 / 6)
+    assert rows["gpu_rnn:cuda:persistent"]["mean_length"] == 10
+
+
+def test_run_config_times_each_backend_and_baseline_once_per_round(monkeypatch):
+    """Every gpu_rnn backend of a configuration and each baseline run once per round, the first
+    to go rotating; a baseline is prepared once per configuration, not once per backend."""
+    pytest.importorskip("torch")
+    from gpu_rnn.profiling import baselines, cli, core
+    calls, prepared = [], []
+    real_profile, real_base, real_runner = core.profile, baselines.profile_baseline, baselines.runner
+
+    def profile(layer, x, **kw):
+        calls.append("gpu_rnn:" + kw["backend"])
+        return real_profile(layer, x, **dict(kw, backend="cpu"))
+
+    def profile_baseline(name, *a, **kw):
+        calls.append(name)
+        return real_base(name, *a, **kw)
+
+    def runner(name, *a, **kw):
+        prepared.append(name)
+        return real_runner(name, *a, **kw)
+
+    monkeypatch.setattr(core, "profile", profile)
+    monkeypatch.setattr(baselines, "profile_baseline", profile_baseline)
+    monkeypatch.setattr(baselines, "runner", runner)
+    s = dict(cli.DEFAULTS, repeats=3, rounds=3, warmup=0, compare=["torch"], quick=True, budget=0.0)
+    c = dict(cell="gru", B=2, T=3, I=4, H=5, L=1, bidirectional=False, P=0, dtype="float32",
+             backend="cpu", backends=["cpu", "cpu:twin"], lengths=True)
+    reps, skipped = cli.run_config(c, s)
+    assert not skipped and prepared == ["torch"]
+    assert calls == ["gpu_rnn:cpu", "gpu_rnn:cpu:twin", "torch",
+                     "gpu_rnn:cpu:twin", "torch", "gpu_rnn:cpu",
+                     "torch", "gpu_rnn:cpu", "gpu_rnn:cpu:twin"]
+    assert list(reps) == ["gpu_rnn:cpu", "gpu_rnn:cpu:twin", "torch"]
+    assert all(len(r.forward.times) == 3 for r in reps.values())
+    assert "PackedSequence" in reps["torch"].plan  # --lengths: torch runs a packed batch
+    assert 1 <= reps["torch"].config["mean_length"] <= 3
+    rows = cli.config_rows(reps, "cmd")
+    assert [r["impl"] for r in rows] == list(reps)
+    assert all(math.isfinite(r["speedup_vs_best_baseline"]) for r in rows[:2])
+
+
+def test_configs_keep_the_order_given_and_group_backends_by_device():
+    from gpu_rnn.profiling.cli import build_parser, configs, resolve_settings
+    s = resolve_settings(build_parser().parse_args(
+        ["--cell", "gru,lstm", "--batch", "16,1,4", "--hidden", "8", "--backend", "auto,cpu"]))
+    cfgs, _ = configs(s)
+    assert [(c["cell"], c["B"]) for c in cfgs] == [("gru", 16), ("gru", 1), ("gru", 4),
+                                                   ("lstm", 16), ("lstm", 1), ("lstm", 4)]
+    assert all(c["backends"] == ["cpu"] for c in cfgs)  # auto is the CPU here: timed once
+
+
+def test_cli_time_limit_and_rows_written_as_they_come(tmp_path):
+    import signal
+    import time
+    out = tmp_path / "limited"
+    p = _run_cli(["--cell", "rnn", "--batch", "3,1,2", "--seq-len", "2", "--hidden", "3", "--repeats", "1",
+                  "--warmup", "0", "--rounds", "1", "--compare", "none", "--backend", "cpu", "--no-plots",
+                  "--no-progress", "--time-limit", "0.000001", "--out", str(out)], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "time limit of 1e-06 s reached: 2 of 3 configurations not started" in p.stdout
+    assert [r["B"] for r in _csv(out / "summary.csv")] == ["3"]  # the first configuration always runs
+    data = json.loads((out / "profile.json").read_text())
+    assert data["configurations_done"] == 1 and "time limit" in data["stopped"]
+
+    # a long sweep stopped from outside (as `timeout` does) keeps the rows of finished configurations
+    out = tmp_path / "stopped"
+    env = dict(os.environ)
+    proc = subprocess.Popen([sys.executable, "-m", "gpu_rnn.profiling", "--cell", "rnn", "--batch",
+                             ",".join(str(b) for b in range(100, 0, -1)), "--seq-len", "2", "--hidden", "3",
+                             "--repeats", "1", "--warmup", "0", "--rounds", "1", "--compare", "none",
+                             "--backend", "cpu", "--no-plots", "--no-progress", "--out", str(out)],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if (out / "summary.csv").exists() and len(_csv(out / "summary.csv")) >= 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the sweep ended before it could be stopped"
+        proc.send_signal(signal.SIGTERM)
+        stdout, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143
+    rows = _csv(out / "summary.csv")
+    assert 2 <= len(rows) < 100 and all(r["command"] and r["median_us"] for r in rows)
+    assert [int(r["B"]) for r in rows] == list(range(100, 100 - len(rows), -1))  # the order given
+    assert "stopped" in stdout and json.loads((out / "profile.json").read_text())["stopped"]
+
+
 def _have(mod):
     import importlib.util
     return importlib.util.find_spec(mod) is not None
@@ -382,6 +536,8 @@ def _have(mod):
     (["--bidirectional", "maybe"], "--bidirectional"),
     (["--budget", "-1"], "--budget"),
     (["--threads", "-2"], "--threads"),
+    (["--time-limit", "-5"], "--time-limit"),
+    (["--time-limit", "soon"], "--time-limit"),
     (["--cell", "gru", "--proj-size", "2"], "empty"),
 ])
 def test_cli_rejects_nonsense(args, words, tmp_path, capsys):

@@ -111,3 +111,45 @@ def test_profile_generate_simulator(rng):
     assert rep.forward.name == "generate" and len(rep.forward.times) == 2
     assert all(t > 0 for t in rep.forward.times)
     assert rep.forward.cost == models.generation(Shape("gru", 2, 1, 3, 3), 2)
+
+
+@sim_only
+def test_run_config_two_cuda_variants_one_configuration(rng):
+    """``--backend cuda:stepwise,cuda:persistent``: both variants time the same configuration in
+    the same rounds, each its own row; torch is skipped on the simulator, with the reason."""
+    from gpu_rnn.profiling import cli
+    s = dict(cli.DEFAULTS, repeats=2, rounds=2, warmup=0, compare=["torch"], quick=True, budget=0.0)
+    c = dict(cell="lstm", B=2, T=2, I=3, H=3, L=1, bidirectional=False, P=0, dtype="float32",
+             backend="cuda:stepwise", backends=["cuda:stepwise", "cuda:persistent"], lengths=True)
+    reps, skipped = cli.run_config(c, s)
+    assert list(reps) == ["gpu_rnn:cuda:stepwise", "gpu_rnn:cuda:persistent"]
+    assert reps["gpu_rnn:cuda:persistent"].backend == "cuda:persistent"
+    assert reps["gpu_rnn:cuda:stepwise"].backend == "cuda:stepwise"
+    assert all(len(r.forward.times) == 2 for r in reps.values())
+    assert "simulator" in skipped["torch"]
+    rows = cli.config_rows(reps, "cmd")
+    for r in rows:
+        # no barrier latency on the simulator: the floor is that of weights or FLOPs
+        assert r["floor_bound"] in ("weights:memory", "flops") and np.isnan(r["floor_barrier_us"])
+        assert r["floor_us_per_step"] > 0 and np.isnan(r["speedup_vs_best_baseline"])
+
+
+@sim_only
+def test_simulator_ceilings_have_no_barrier_latency():
+    from gpu_rnn.profiling import ceilings
+    c = ceilings.get("cuda")
+    assert c.simulated and np.isnan(c.grid_sync_s) and np.isnan(c.onchip_bytes)
+    assert "simulator" in c.notes["grid_sync_s"]
+
+
+@pytest.mark.gpu
+def test_grid_barrier_latency_measured_on_the_card():
+    from numba import cuda
+    from gpu_rnn.profiling import ceilings
+    c = ceilings.get("cuda")
+    assert 1e-8 < c.grid_sync_s < 1e-4, c.notes["grid_sync_s"]
+    assert c.onchip_bytes >= cuda.get_current_device().MULTIPROCESSOR_COUNT * 48 * 1024
+    t, note = ceilings.measure_grid_sync(cuda.get_current_device().MULTIPROCESSOR_COUNT, quick=True)
+    assert 1e-8 < t < 1e-4 and "cooperative" in note
+    f = c.floor(Shape("lstm", B=1, T=10, I=128, H=128))
+    assert f["bound"] == "barrier" and f["floor"] == pytest.approx(c.grid_sync_s)
