@@ -19,7 +19,7 @@ def __getattr__(name):
     if name in ("profile", "Report", "PhaseReport"):
         from . import core
         return getattr(core, name)
-    if name in ("models", "ceilings", "cli", "baselines", "plots", "timing"):
+    if name in ("models", "ceilings", "cli", "baselines", "plots", "timing", "render"):
         import importlib
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

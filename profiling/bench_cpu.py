@@ -13,7 +13,12 @@ faster baseline and the shape's fraction of its floor:
     python -m gpu_rnn.profiling.bench_cpu                    # full grid, under 10 minutes
     python -m gpu_rnn.profiling.bench_cpu --quick            # a few shapes, about a minute
     python -m gpu_rnn.profiling.bench_cpu --cells LSTM --batch 1,64 --hidden 256 --seq 50
-    python -m gpu_rnn.profiling.bench_cpu --csv cpu.csv --write-benchmarks BENCHMARKS.md
+    python -m gpu_rnn.profiling.bench_cpu --csv benchmarks/cpu-DATE.csv --write-benchmarks BENCHMARKS.md
+
+``--csv`` writes the rows and, beside them, a sidecar ``.json`` with the machine, the command, the
+duration and the measured ceilings; ``--write-benchmarks`` renders the table of BENCHMARKS.md from
+those two files with :mod:`gpu_rnn.profiling.render` (so every number there is a CSV row, and
+``python -m gpu_rnn.profiling.render BENCHMARKS.md`` re-renders it without measuring again).
 
 Thread counts are fixed before the libraries load: ``--threads`` (default 2) for PyTorch
 (``torch.set_num_threads``), ONNX Runtime (``intra_op_num_threads``) and the BLAS that gpu_rnn's
@@ -21,6 +26,7 @@ CPU kernels call (``OPENBLAS_NUM_THREADS``, ``NUMBA_NUM_THREADS``). Run it on a 
 another process on the same cores makes every number meaningless.
 """
 import argparse
+import json
 import os
 import platform
 import sys
@@ -28,8 +34,9 @@ import time
 
 CELLS = ("LSTM", "GRU", "RNN")
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
-BEGIN = "<!-- bench_cpu:begin -->"
-END = "<!-- bench_cpu:end -->"
+#: the block of BENCHMARKS.md that ``--write-benchmarks`` renders
+BLOCK = "bench_cpu"
+NOTE = "float32, one layer, I = H."
 
 
 def _set_threads(n):
@@ -57,11 +64,15 @@ def parse_args(argv=None):
     p.add_argument("--settle", default=0.05, type=float,
                    help="seconds of pause before each library's turn in a round")
     p.add_argument("--libs", default="gpu_rnn,torch,ort", help="comma list of gpu_rnn, torch, ort")
-    p.add_argument("--csv", default=None, help="write the rows as CSV here")
+    p.add_argument("--csv", default=None, help="write the rows as CSV here (and the machine and command "
+                   "beside it, same name ending in .json)")
     p.add_argument("--md", default=None, help="write the markdown table here")
     p.add_argument("--write-benchmarks", default=None, metavar="BENCHMARKS.md",
-                   help="replace the CPU table between the bench_cpu markers of this file")
+                   help="render the CPU table of this file (block bench_cpu) from the --csv file")
     a = p.parse_args(argv)
+    if a.write_benchmarks and not a.csv:
+        p.error("--write-benchmarks needs --csv PATH: the table is rendered from that CSV file, "
+                f"got --write-benchmarks {a.write_benchmarks} without --csv")
     a.cells = [c.strip().upper() for c in a.cells.split(",") if c.strip()]
     for c in a.cells:
         if c not in CELLS:
@@ -219,21 +230,6 @@ FIELDS = ["cell", "B", "T", "H", "gpu_rnn_us", "torch_us", "ort_us", "best_basel
           "floor_us", "floor_fraction", "bound", "rounds"]
 
 
-def to_markdown(rows, header):
-    lines = [header, "",
-             "| cell | B | T | H | gpu_rnn µs/step | torch µs/step | ORT µs/step "
-             "| speed-up vs faster baseline | floor µs/step (bound) | fraction of floor |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['cell']} | {r['B']} | {r['T']} | {r['H']} | {r['gpu_rnn_us']:.2f} | "
-                     f"{r['torch_us']:.2f} | {r['ort_us']:.2f} | {r['ratio']:.2f}× | "
-                     f"{r['floor_us']:.2f} ({r['bound']}) | {100 * r['floor_fraction']:.0f}% |")
-    wins = sum(1 for r in rows if r["ratio"] >= 1.0)
-    lines += ["", f"gpu_rnn at least as fast as the faster baseline on {wins} of {len(rows)} shapes "
-              "(speed-up = faster baseline's time / gpu_rnn's time; medians of interleaved rounds)."]
-    return "\n".join(lines) + "\n"
-
-
 def machine_line(threads, ceil):
     import numpy as np
     cpu = platform.processor() or platform.machine()
@@ -256,16 +252,31 @@ def machine_line(threads, ceil):
             f"{', '.join(vers)}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
 
 
-def write_benchmarks(path, md):
-    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    block = f"{BEGIN}\n{md}{END}\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n## CPU\n\n" + block
-    with open(path, "w") as f:
-        f.write(text)
+def write_outputs(rows, meta, csv_path=None, md_path=None, benchmarks=None):
+    """Write the rows (``FIELDS``) as CSV with the sidecar ``meta`` beside it, the Markdown table,
+    and render the ``bench_cpu`` block of ``benchmarks`` from the CSV. Returns the table."""
+    import csv
+
+    from . import render
+    if csv_path:
+        d = os.path.dirname(csv_path)
+        if d:
+            os.makedirs(d, exist_ok=True)
+        with open(csv_path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+        with open(render.meta_path(csv_path), "w") as f:
+            json.dump(meta, f, indent=1)
+            f.write("\n")
+    numbered = [dict(r, _row=i + 2) for i, r in enumerate(rows)] if csv_path else rows
+    md = "\n".join(render.bench_cpu_table(numbered, meta)) + "\n"
+    if md_path:
+        with open(md_path, "w") as f:
+            f.write(md)
+    if benchmarks:
+        render.render_file(benchmarks, [(BLOCK, csv_path, None)])
+    return md
 
 
 def main(argv=None):
@@ -299,22 +310,12 @@ def main(argv=None):
                           f"torch {r['torch_us']:9.2f}  ort {r['ort_us']:9.2f} µs/step  "
                           f"speed-up {r['ratio']:.2f}  floor {100 * r['floor_fraction']:.0f}%", flush=True)
     cmd = "python -m gpu_rnn.profiling.bench_cpu " + " ".join(sys.argv[1:] if argv is None else argv)
-    header = (f"Machine: {machine_line(args.threads, ceil)}.\n\nCommand: `{cmd.strip()}` "
-              f"({time.perf_counter() - t0:.0f} s). float32, one layer, I = H.")
-    md = to_markdown(rows, header)
+    meta = {"machine": machine_line(args.threads, ceil), "command": cmd.strip(),
+            "seconds": round(time.perf_counter() - t0), "note": NOTE, "threads": args.threads,
+            "ceilings": {"gemm_flops_per_s": ceil[0], "bandwidth_bytes_per_s": ceil[1]}}
+    md = write_outputs(rows, meta, args.csv, args.md, args.write_benchmarks)
     print()
     print(md)
-    if args.csv:
-        import csv
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write(md)
-    if args.write_benchmarks:
-        write_benchmarks(args.write_benchmarks, md)
     return rows
 
 

@@ -603,7 +603,7 @@ def test_render_benchmarks_fills_marked_blocks_only(tmp_path):
     p = _render(md, f"prof={path}", f"plain={other}:us")
     assert p.returncode == 0, p.stderr
     text = md.read_text()
-    assert text.startswith("# Benchmarks\n\nprose above\n\n<!-- BEGIN prof -->\n")
+    assert text.startswith("# Benchmarks\n\nprose above\n\n<!-- BEGIN prof source=summary.csv -->\n")
     assert "stale" not in text and "prose below" in text
     assert "| lstm | 1 | 64 | 12.5 | 25.0 | 20.0 | 1.60 | 25.0 | 2,4,6 |" in text
     assert "| lstm | 16 | 64 | 200 | 400 | 320 | 1.60 | 25.0 | 3,5,7 |" in text
@@ -614,6 +614,110 @@ def test_render_benchmarks_fills_marked_blocks_only(tmp_path):
     assert md.read_text() == text
     bad = _render(md, f"prof={tmp_path / 'missing.csv'}")
     assert bad.returncode != 0 and "no such CSV" in bad.stderr
+
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
+
+
+def test_benchmarks_md_is_rendered_from_the_committed_csv():
+    """Every block of BENCHMARKS.md that names its CSV is what the renderer makes of that CSV."""
+    from gpu_rnn.profiling import render
+    md = os.path.join(ROOT, "BENCHMARKS.md")
+    text = open(md).read()
+    blocks = render.sourced_blocks(text, ROOT)
+    assert "bench_cpu" in [name for name, _, _ in blocks]
+    fresh, bodies = render.render_file(md, check=True)
+    assert fresh, "BENCHMARKS.md is out of date: python -m gpu_rnn.profiling.render BENCHMARKS.md"
+    body = "\n".join(bodies["bench_cpu"])
+    assert "Machine: AMD EPYC, 2 logical CPUs" in body and "(201 s). float32, one layer, I = H." in body
+    # the first data row of the CSV is line 2 and carries its number
+    with open(os.path.join(ROOT, "benchmarks", "cpu-2026-11-27.csv"), newline="") as f:
+        first = next(csv.DictReader(f))
+    assert (f"| {first['cell']} | {first['B']} | {first['T']} | {first['H']} | "
+            f"{float(first['gpu_rnn_us']):.2f} | ") in body and body.count(" |\n") >= 54
+    assert _render("--check", md).returncode == 0  # the script under its old name, no blocks named
+
+
+def _bench_cpu_rows():
+    return [{"cell": "LSTM", "B": 1, "T": 50, "H": 64, "gpu_rnn_us": 6.0, "torch_us": 9.0, "ort_us": 3.0,
+             "best_baseline_us": 3.0, "ratio": 0.5, "floor_us": 2.5, "floor_fraction": 2.5 / 6, "bound": "bytes",
+             "rounds": 11},
+            {"cell": "RNN", "B": 16, "T": 100, "H": 64, "gpu_rnn_us": 12.345, "torch_us": 40.0, "ort_us": 30.0,
+             "best_baseline_us": 30.0, "ratio": 30 / 12.345, "floor_us": 1.86, "floor_fraction": 1.86 / 12.345,
+             "bound": "flops", "rounds": 11}]
+
+
+def test_bench_cpu_writes_csv_and_sidecar_and_renders_benchmarks_from_them(tmp_path, monkeypatch):
+    """``bench_cpu --csv ... --write-benchmarks ...`` (its writing, fed rows instead of measuring):
+    the table in BENCHMARKS.md is the renderer's output on the CSV, and re-renders unchanged."""
+    from gpu_rnn.profiling import bench_cpu, render
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "BENCHMARKS.md").write_text("# Benchmarks\n\n## CPU\n\nprose\n\n"
+                                            "<!-- BEGIN bench_cpu -->\nold table\n<!-- END bench_cpu -->\n\nafter\n")
+    meta = {"machine": "Test CPU, 2 logical CPUs", "command": "python -m gpu_rnn.profiling.bench_cpu --quick",
+            "seconds": 12.4, "note": bench_cpu.NOTE}
+    md = bench_cpu.write_outputs(_bench_cpu_rows(), meta, "bench/cpu.csv", "table.md", "BENCHMARKS.md")
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "old table" not in text and text.endswith("<!-- END bench_cpu -->\n\nafter\n")
+    assert "<!-- BEGIN bench_cpu source=bench/cpu.csv -->" in text
+    assert "Machine: Test CPU, 2 logical CPUs." in text
+    assert "Command: `python -m gpu_rnn.profiling.bench_cpu --quick` (12 s). float32, one layer, I = H." in text
+    assert "| LSTM | 1 | 50 | 64 | 6.00 | 9.00 | 3.00 | 0.50× | 2.50 (bytes) | 42% | 2 |" in text
+    assert "| RNN | 16 | 100 | 64 | 12.35 | 40.00 | 30.00 | 2.43× | 1.86 (flops) | 15% | 3 |" in text
+    assert "at least as fast as the faster baseline on 1 of 2 shapes" in text
+    assert "Source: `bench/cpu.csv`" in text and "`bench/cpu.json`" in text
+    assert json.loads((tmp_path / "bench" / "cpu.json").read_text())["seconds"] == 12.4
+    assert md == (tmp_path / "table.md").read_text() and "| 2 |" in md
+    assert render.render_file("BENCHMARKS.md", check=True)[0]  # the markers say where it comes from
+
+
+def test_bench_cpu_write_benchmarks_without_csv_is_refused(capsys):
+    from gpu_rnn.profiling import bench_cpu
+    with pytest.raises(SystemExit) as e:
+        bench_cpu.parse_args(["--write-benchmarks", "B.md"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--write-benchmarks needs --csv" in err and "B.md" in err
+
+
+def test_render_profile_summary_floor_columns_and_print(tmp_path):
+    from gpu_rnn.profiling.cli import SUMMARY_FIELDS
+    rows = []
+    for impl, us, frac in (("gpu_rnn:cuda:stepwise", 8.0, 0.25), ("gpu_rnn:cuda:persistent", 4.0, 0.5),
+                           ("torch", 12.0, 1 / 6)):
+        r = {k: "" for k in SUMMARY_FIELDS}
+        r.update(impl=impl, cell="gru", B=4, T=1000, I=512, H=512, P=0, L=1, D=1, dtype="float32", lengths=True,
+                 per_step_us=us, floor_us_per_step=2.0, floor_bound="barrier", fraction_of_floor=frac,
+                 speedup_vs_best_baseline=12.0 / us if impl.startswith("gpu") else "", device="cuda: test",
+                 date="2026-01-02", command="python -m gpu_rnn.profiling --lengths")
+        rows.append(r)
+    path = tmp_path / "summary.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    md = tmp_path / "B.md"
+    p = subprocess.run([sys.executable, "-m", "gpu_rnn.profiling.render", "--print", str(md), f"gru={path}"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    line = "| gru | 4 | 512 | 8.00 | 4.00 | 12.0 | 1.50 | 3.00 |  |  | 2.00 (barrier) | 25.0 | 50.0 | 2,3,4 |"
+    assert line in p.stdout and line in md.read_text()
+    assert "% of floor" in p.stdout and "lengths=True" in p.stdout
+
+
+def test_render_script_runs_without_the_package(tmp_path):
+    """scripts/render_benchmarks.py falls back to the renderer's file when gpu_rnn.profiling
+    cannot be imported (a checkout on a machine where nothing could be installed)."""
+    fake = tmp_path / "fake" / "gpu_rnn"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    other = tmp_path / "t.csv"
+    other.write_text("a,b\n1,2\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "fake"))
+    p = subprocess.run([sys.executable, RENDER, str(tmp_path / "T.md"), f"t={other}"], capture_output=True,
+                       text=True, timeout=60, env=env)
+    assert p.returncode == 0, p.stderr
+    assert "| 1 | 2 | 2 |" in (tmp_path / "T.md").read_text()
 
 
 def test_gpu_rnn_profile_subcommand_reaches_the_harness(tmp_path, capsys):
