@@ -355,15 +355,15 @@ def run_config(c, s, progress=None, seed=0):
                 backend = impl.split(":", 1)[1]
                 rep = profile(layer, x, lengths=lengths, backend=backend, repeats=n, warmup=warmup,
                               ceilings=ceil, budget_s=s["budget"] or None)
-                if ref is None:
-                    out = layer(x, lengths=lengths, backend=backend)[0]
-                    ref = out if isinstance(out, np.ndarray) else _host(out)
             else:
                 try:
                     if impl not in prepared:
                         if ceil.simulated:
                             raise baselines.Unavailable("the CUDA simulator is not a device to compare on")
                         prepared[impl] = baselines.runner(impl, layer, x, lengths, device)
+                    if ref is None:  # gpu_rnn's output, that each baseline's is checked against
+                        out = layer(x, lengths=lengths, backend=backends[0])[0]
+                        ref = out if isinstance(out, np.ndarray) else _host(out)
                     rep = baselines.profile_baseline(impl, layer, x, lengths=lengths, device=device,
                                                      repeats=n, warmup=warmup, ceilings=ceil, reference=ref,
                                                      prepared=prepared[impl], budget_s=s["budget"] or None)
@@ -509,9 +509,10 @@ def main(argv=None):
             raise UsageError("the sweep is empty: " + "; ".join(why for _, why in skipped_cfgs))
         from gpu_rnn import dispatch
         from gpu_rnn.errors import BackendUnavailableError
+        status = dispatch.backend_status()
         for be in s["backend"]:
             name = _resolved_backend(be)
-            ok, reason = dispatch.backend_status().get(name.split(":")[0], (False, "unknown"))
+            ok, reason = status.get(name.split(":")[0], (False, "unknown"))
             if not ok:
                 raise UsageError(f"--backend {be}: not available here: {reason}. "
                                  f"Available: {', '.join(dispatch.available_backends())}")

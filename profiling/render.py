@@ -22,9 +22,10 @@ from it. Three kinds of CSV:
 
 - a ``summary.csv`` written by ``gpu-rnn profile`` is pivoted: one line per shape (the columns
   that vary; those that do not are listed under the table), microseconds per step for each
-  implementation, each gpu_rnn variant's speed-up over the best baseline and its fraction of
-  the roofline, the shape's step floor and each variant's fraction of it, and the CSV rows
-  each line comes from. The command, device and date columns go under the table.
+  implementation, each gpu_rnn variant's speed-up over the best baseline (``x best``: the best
+  baseline's time over the variant's; ``-`` where no baseline ran) and its fraction of the
+  roofline, the shape's step floor and each variant's fraction of it (``% floor``), and the CSV
+  rows each line comes from. The command, device and date columns go under the table.
 - a CSV written by ``gpu_rnn.profiling.bench_cpu`` (columns ``cell, B, T, H, gpu_rnn_us,
   torch_us, ort_us, best_baseline_us, ratio, floor_us, floor_fraction, bound, rounds``) is
   rendered as that benchmark's table, with its machine, command and ceilings line taken from the
@@ -67,7 +68,7 @@ def _fmt(v):
     if v in (None, ""):
         return ""
     if math.isnan(f):
-        return str(v).replace("|", "\\|")
+        return "-" if str(v).strip().lower() == "nan" else str(v).replace("|", "\\|")
     if f == int(f) and abs(f) < 1e12 and "." not in str(v) and "e" not in str(v).lower():
         return str(int(f))
     a = abs(f)
@@ -126,9 +127,9 @@ def pivot_profile(rows):
     floors = any(r.get("floor_us_per_step") not in (None, "") for r in rows)
     header = list(keys) + [f"{i} us/step" for i in impls]
     if ours:
-        header += [f"{o} x best baseline" for o in ours] + [f"{o} roof %" for o in ours]
+        header += [f"{o} x best" for o in ours] + [f"{o} roof %" for o in ours]
     if floors:
-        header += ["floor us/step (bound)"] + [f"{o} % of floor" for o in ours]
+        header += ["floor us/step (bound)"] + [f"{o} % floor" for o in ours]
     header.append("CSV rows")
     lines = []
     for shape, rs in shapes.items():
