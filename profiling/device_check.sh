@@ -1,59 +1,182 @@
 #!/usr/bin/env bash
 # One command for a GPU machine without network access: install gpu_rnn into this Python without
-# downloads, run the GPU test suite, then benchmark the CUDA backend against torch/cuDNN.
+# downloads, run the GPU test suite, then benchmark through the profiling harness
+# (python -m gpu_rnn.profiling) against torch/cuDNN, render the tables and print them last.
 #
-#   bash profiling/device_check.sh [OUT_DIR] [--persistent-grid]
+#   bash profiling/device_check.sh [OUT_DIR]
 #
-# OUT_DIR (or $OUT, else ./device_check_out) receives pytest's log and the benchmark CSV.
-# Each phase has its own time limit so that the whole run stays under 8 minutes on an H100.
+# OUT_DIR (or $OUT, else ./device_check_out) receives pytest's log, one folder per benchmark
+# group (summary.csv, phases.csv, profile.json, PNGs), BENCHMARKS.md (a copy of the project's
+# with the CUDA tables rendered from those CSVs) and tables.md (the same tables, as printed).
+#
+# Time: the whole run stays under 8 minutes. The GPU tests get at most 240 s; the benchmark
+# groups then run in priority order until DEADLINE_S (440 s after the start). Each group is one
+# harness call with --time-limit (no configuration starts after it; a group keeps back time for
+# the higher-priority groups after it) inside `timeout` (which stops a configuration that
+# overruns: a numba kernel's first compile can take tens of seconds; first_call_s reports it).
+# The harness writes each configuration's rows as it finishes, so a stopped group keeps them.
+#
+# Groups, in priority order (issue 4's benchmark; persistent vs stepwise vs torch cuDNN with
+# TF32 off, same card, same run):
+#   targets  float32 LSTM and GRU, B in {1,4,16}, H in {256,512,1024}, T = 1000
+#   fp16     float16 LSTM, H = 768, B = 16, T = 1024 (torch picks cuDNN's persistent algorithm)
+#   packed   packed variable-length LSTM (--lengths; torch runs a PackedSequence), B = 16, H = 512
+#   bidir    2-layer bidirectional LSTM, H = 512, T = 1000
+#   grid-*   the rest of the grid (LSTM, GRU; B in {1,4,16,64}; H in {128,256,512,768,1024};
+#            T in {100,1000}; float32, float16) as time allows
+#
+# DEVICE_CHECK_SMOKE=1 runs the same harness calls on tiny shapes (for the CUDA simulator:
+# NUMBA_ENABLE_CUDASIM is kept, nothing is installed, the GPU tests are skipped); the test
+# suite runs it that way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OUT_DIR="${OUT:-device_check_out}"
-EXTRA=()
 for a in "$@"; do
   case "$a" in
-    --*) EXTRA+=("$a") ;;
+    -*) echo "device_check.sh: unknown option $a (expected: [OUT_DIR])" >&2; exit 2 ;;
     *) OUT_DIR="$a" ;;
   esac
 done
 mkdir -p "$OUT_DIR"
 OUT_DIR="$(cd "$OUT_DIR" && pwd)"
 PY="${PYTHON:-python}"
+SMOKE="${DEVICE_CHECK_SMOKE:-0}"
 export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$PWD/.numba_cache}"
-unset NUMBA_ENABLE_CUDASIM || true
 start=$(date +%s)
+DEADLINE_S="${DEVICE_CHECK_DEADLINE_S:-440}"
+deadline=$(( start + DEADLINE_S ))
+now() { date +%s; }
 
-echo "== install (no network, no build isolation)"
-if ! timeout 120 "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT_DIR/pip.log" 2>&1; then
-  echo "pip install failed (see $OUT_DIR/pip.log); the package directories on PYTHONPATH are used instead"
+use_shim() {
   # kernels/ and profiling/ are installed as gpu_rnn.kernels / gpu_rnn.profiling: mirror that layout
-  shim="$OUT_DIR/pkgshim"
+  local shim="$OUT_DIR/pkgshim"
   rm -rf "$shim" && mkdir -p "$shim/gpu_rnn"
   for f in gpu_rnn/*; do ln -s "$PWD/$f" "$shim/gpu_rnn/"; done
   ln -s "$PWD/kernels" "$shim/gpu_rnn/kernels"
   ln -s "$PWD/profiling" "$shim/gpu_rnn/profiling"
   export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}"
+  # `python -m` would put the checkout first on sys.path, where gpu_rnn has no kernels/profiling
+  export PYTHONSAFEPATH=1
+}
+
+if [ "$SMOKE" = 1 ]; then
+  echo "== smoke run: tiny shapes, no install, no GPU tests"
+  (cd /tmp && "$PY" -c "import gpu_rnn.profiling.cli") >/dev/null 2>&1 || use_shim
+else
+  unset NUMBA_ENABLE_CUDASIM || true
+  echo "== install (no network, no build isolation)"
+  if ! timeout 120 "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT_DIR/pip.log" 2>&1; then
+    echo "pip install failed (see $OUT_DIR/pip.log); the package directories on PYTHONPATH are used instead"
+    use_shim
+  fi
 fi
 "$PY" - <<'PYEOF'
 import numba, numpy
 from numba import cuda
 import gpu_rnn
 print("numba", numba.__version__, "numpy", numpy.__version__, "gpu_rnn from", gpu_rnn.__file__)
-print("device:", cuda.get_current_device().name, "cc", cuda.get_current_device().compute_capability)
+dev = cuda.get_current_device()
+print("device:", getattr(dev, "name", "simulator"), "cc", getattr(dev, "compute_capability", "-"))
 print("backends:", gpu_rnn.available_backends(), "default:", gpu_rnn.default_backend())
+try:
+    import torch
+    print("torch", torch.__version__, "cuda", torch.cuda.is_available())
+except ImportError as e:
+    print("torch not importable:", e)
 PYEOF
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 
 status=0
-echo "== pytest -m gpu tests/cuda ($(( $(date +%s) - start )) s)"
-timeout 240 "$PY" -m pytest -q -m gpu tests/cuda -p no:cacheprovider --maxfail=5 --durations=10 2>&1 | tee "$OUT_DIR/pytest_gpu.log" || status=$?
-[ "$status" -ne 0 ] && echo "pytest -m gpu: exit status $status (continuing to the benchmark)"
+if [ "$SMOKE" = 1 ]; then
+  echo "pytest -m gpu: skipped (smoke run)" > "$OUT_DIR/pytest_gpu.log"
+else
+  echo "== pytest -m gpu tests/cuda ($(( $(now) - start )) s)"
+  timeout 240 "$PY" -m pytest -q -m gpu tests/cuda -p no:cacheprovider --maxfail=5 --durations=10 2>&1 | tee "$OUT_DIR/pytest_gpu.log" || status=$?
+  [ "$status" -ne 0 ] && echo "pytest -m gpu: exit status $status (continuing to the benchmark)"
+fi
 
-echo "== benchmark ($(( $(date +%s) - start )) s)"
-left=$(( 450 - ($(date +%s) - start) ))
-[ "$left" -lt 60 ] && left=60
+# -- the benchmark ------------------------------------------------------------------------------
+COMMON=(--backend cuda:stepwise,cuda:persistent --compare torch --no-progress)
+if [ "$SMOKE" = 1 ]; then
+  # one configuration per group (the simulator runs a thread per CUDA thread); plots once
+  COMMON+=(--repeats 1 --rounds 1 --warmup 0)
+  G_TARGETS=(--cell gru --batch 1 --hidden 3 --seq-len 2 --dtype float32)
+  G_FP16=(--cell lstm --batch 2 --hidden 3 --seq-len 2 --dtype float16 --no-plots)
+  G_PACKED=(--cell lstm --batch 3 --hidden 3 --seq-len 3 --lengths --no-plots)
+  G_BIDIR=(--cell lstm --layers 2 --bidirectional true --batch 2 --hidden 2 --seq-len 2 --no-plots)
+  G_T100=(--cell gru --batch 1 --hidden 2 --seq-len 2 --dtype float16 --no-plots)
+  G_B64=(--cell lstm --batch 2 --hidden 2 --seq-len 2 --no-plots)
+  G_H=(--cell gru --batch 1 --hidden 2 --seq-len 3 --no-plots)
+  G_F16=(--cell lstm --batch 1 --hidden 2 --seq-len 2 --dtype float16 --no-plots)
+else
+  COMMON+=(--repeats 10 --rounds 2 --warmup 2 --budget 0.5)
+  G_TARGETS=(--cell lstm,gru --batch 1,4,16 --hidden 256,512,1024 --seq-len 1000 --dtype float32)
+  G_FP16=(--cell lstm --batch 16 --hidden 768 --seq-len 1024 --dtype float16)
+  G_PACKED=(--cell lstm --batch 16 --hidden 512 --seq-len 1000 --dtype float32 --lengths)
+  G_BIDIR=(--cell lstm --layers 2 --bidirectional true --batch 16,1 --hidden 512 --seq-len 1000 --dtype float32)
+  # the rest of issue 4's grid, without the shapes above
+  G_T100=(--cell lstm,gru --batch 1,4,16,64 --hidden 128,256,512,768,1024 --seq-len 100 --dtype float32,float16)
+  G_B64=(--cell lstm,gru --batch 64 --hidden 128,256,512,768,1024 --seq-len 1000 --dtype float32,float16)
+  G_H=(--cell lstm,gru --batch 1,4,16 --hidden 128,768 --seq-len 1000 --dtype float32,float16)
+  G_F16=(--cell lstm,gru --batch 1,4,16 --hidden 256,512,1024 --seq-len 1000 --dtype float16)
+fi
+
+GROUPS_RUN=()
 bstatus=0
-timeout "$left" "$PY" profiling/bench_cuda.py --out "$OUT_DIR" --budget $(( left - 45 )) ${EXTRA[@]+"${EXTRA[@]}"} || bstatus=$?
-echo "== done in $(( $(date +%s) - start )) s; pytest status $status, benchmark status $bstatus; files in $OUT_DIR"
-exit $(( status ? status : bstatus ))
+# group NAME RESERVE_S ARGS...: one harness call into $OUT_DIR/NAME, leaving RESERVE_S seconds
+# before the deadline for the groups of higher priority that come after it
+group() {
+  local name=$1 reserve=$2
+  shift 2
+  local left=$(( deadline - $(now) ))
+  local limit=$(( left - reserve ))
+  if [ "$limit" -lt 5 ]; then
+    echo "== $name: skipped, $left s left before the deadline"
+    return 0
+  fi
+  # a configuration that started just before the limit may finish, but not past the deadline
+  local hard=$(( left + 15 ))
+  echo "== $name ($(( $(now) - start )) s; --time-limit $limit, timeout $hard)"
+  local rc=0
+  timeout -k 5 "$hard" "$PY" -m gpu_rnn.profiling "$@" "${COMMON[@]}" --time-limit "$limit" \
+    --out "$OUT_DIR/$name" >"$OUT_DIR/$name.log" 2>&1 || rc=$?
+  tail -n 3 "$OUT_DIR/$name.log"
+  if [ "$rc" -ne 0 ]; then
+    echo "$name: exit status $rc (rows of finished configurations kept; see $OUT_DIR/$name.log)"
+    bstatus=$rc
+  fi
+  GROUPS_RUN+=("$name")
+}
+
+group targets 90 "${G_TARGETS[@]}"
+group fp16 60 "${G_FP16[@]}"
+group packed 30 "${G_PACKED[@]}"
+group bidir 0 "${G_BIDIR[@]}"
+group grid-t100 0 "${G_T100[@]}"
+group grid-b64 0 "${G_B64[@]}"
+group grid-h128-768 0 "${G_H[@]}"
+group grid-fp16 0 "${G_F16[@]}"
+
+# -- tables: rendered into a copy of BENCHMARKS.md, printed with the issue's targets last ------
+cp BENCHMARKS.md "$OUT_DIR/BENCHMARKS.md"
+specs=()
+for (( i=${#GROUPS_RUN[@]}-1; i>=0; i-- )); do
+  name=${GROUPS_RUN[$i]}
+  csv="$OUT_DIR/$name/summary.csv"
+  if [ -f "$csv" ] && [ "$(wc -l <"$csv")" -gt 1 ]; then
+    specs+=("cuda-$name=$csv")
+  fi
+done
+rstatus=0
+if [ "${#specs[@]}" -gt 0 ]; then
+  "$PY" -m gpu_rnn.profiling.render --print "$OUT_DIR/BENCHMARKS.md" "${specs[@]}" >"$OUT_DIR/tables.md" || rstatus=$?
+  echo "== tables (us per step; x best baseline = torch time / gpu_rnn time; % of floor = floor / time)"
+  grep -v '^Command: ' "$OUT_DIR/tables.md" || true
+else
+  echo "== no benchmark rows to render"
+  rstatus=1
+fi
+echo "== pytest: $(tail -n 1 "$OUT_DIR/pytest_gpu.log")"
+echo "== done in $(( $(now) - start )) s; pytest status $status, benchmark status $bstatus, render status $rstatus; files in $OUT_DIR"
+exit $(( status ? status : (bstatus ? bstatus : rstatus) ))

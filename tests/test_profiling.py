@@ -478,27 +478,30 @@ def test_configs_keep_the_order_given_and_group_backends_by_device():
     assert all(c["backends"] == ["cpu"] for c in cfgs)  # auto is the CPU here: timed once
 
 
-def test_cli_time_limit_and_rows_written_as_they_come(tmp_path):
-    import signal
-    import time
+def test_cli_time_limit_starts_no_configuration_after_it(tmp_path, capsys):
+    from gpu_rnn.profiling.cli import main
     out = tmp_path / "limited"
-    p = _run_cli(["--cell", "rnn", "--batch", "3,1,2", "--seq-len", "2", "--hidden", "3", "--repeats", "1",
-                  "--warmup", "0", "--rounds", "1", "--compare", "none", "--backend", "cpu", "--no-plots",
-                  "--no-progress", "--time-limit", "0.000001", "--out", str(out)], tmp_path)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert "time limit of 1e-06 s reached: 2 of 3 configurations not started" in p.stdout
+    assert main(["--quick", "--cell", "rnn", "--batch", "3,1,2", "--seq-len", "2", "--hidden", "3",
+                 "--repeats", "1", "--warmup", "0", "--rounds", "1", "--compare", "none", "--backend", "cpu",
+                 "--no-plots", "--no-progress", "--time-limit", "0.000001", "--out", str(out)]) == 0
+    assert "time limit of 1e-06 s reached: 2 of 3 configurations not started" in capsys.readouterr().out
     assert [r["B"] for r in _csv(out / "summary.csv")] == ["3"]  # the first configuration always runs
     data = json.loads((out / "profile.json").read_text())
     assert data["configurations_done"] == 1 and "time limit" in data["stopped"]
 
-    # a long sweep stopped from outside (as `timeout` does) keeps the rows of finished configurations
+
+def test_cli_rows_written_as_they_come_and_kept_when_stopped(tmp_path):
+    """A long sweep stopped from outside (SIGTERM, as ``timeout`` sends) keeps the rows of the
+    configurations it finished, in the order given, and says that it was stopped."""
+    import signal
+    import time
     out = tmp_path / "stopped"
-    env = dict(os.environ)
-    proc = subprocess.Popen([sys.executable, "-m", "gpu_rnn.profiling", "--cell", "rnn", "--batch",
-                             ",".join(str(b) for b in range(100, 0, -1)), "--seq-len", "2", "--hidden", "3",
-                             "--repeats", "1", "--warmup", "0", "--rounds", "1", "--compare", "none",
-                             "--backend", "cpu", "--no-plots", "--no-progress", "--out", str(out)],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    batches = list(range(100, 0, -1))
+    proc = subprocess.Popen([sys.executable, "-m", "gpu_rnn.profiling", "--quick", "--cell", "rnn", "--batch",
+                             ",".join(map(str, batches)), "--seq-len", "2", "--hidden", "3", "--repeats", "1",
+                             "--warmup", "0", "--rounds", "1", "--compare", "none", "--backend", "cpu",
+                             "--no-plots", "--no-progress", "--out", str(out)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -507,15 +510,15 @@ def test_cli_time_limit_and_rows_written_as_they_come(tmp_path):
             time.sleep(0.05)
         assert proc.poll() is None, "the sweep ended before it could be stopped"
         proc.send_signal(signal.SIGTERM)
-        stdout, _ = proc.communicate(timeout=60)
+        stdout, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 143
+    assert proc.returncode == 143, stderr[-2000:]
     rows = _csv(out / "summary.csv")
-    assert 2 <= len(rows) < 100 and all(r["command"] and r["median_us"] for r in rows)
-    assert [int(r["B"]) for r in rows] == list(range(100, 100 - len(rows), -1))  # the order given
-    assert "stopped" in stdout and json.loads((out / "profile.json").read_text())["stopped"]
+    assert 2 <= len(rows) < 100 and all(r["command"] and float(r["median_us"]) > 0 for r in rows)
+    assert [int(r["B"]) for r in rows] == batches[:len(rows)]
+    assert "stopped (signal" in stdout and json.loads((out / "profile.json").read_text())["stopped"]
 
 
 def _have(mod):
@@ -702,7 +705,7 @@ def test_render_profile_summary_floor_columns_and_print(tmp_path):
     assert p.returncode == 0, p.stderr
     line = "| gru | 4 | 512 | 8.00 | 4.00 | 12.0 | 1.50 | 3.00 |  |  | 2.00 (barrier) | 25.0 | 50.0 | 2,3,4 |"
     assert line in p.stdout and line in md.read_text()
-    assert "% of floor" in p.stdout and "lengths=True" in p.stdout
+    assert "% floor" in p.stdout and "lengths=True" in p.stdout
 
 
 def test_render_script_runs_without_the_package(tmp_path):
