@@ -15,6 +15,10 @@ Conventions (the numbers a roofline needs, stated once):
   weights read again at every step, which is what a kernel that cannot keep them on chip
   (the stepwise variant, the CPU loop once W_hh outgrows the cache) moves.
 
+The floor of a time step (:func:`step_floor`) is the larger of the recurrent weights read once,
+the call's FLOPs at peak and the grid barriers between steps, from measured ceilings; it is the
+``floor_us_per_step`` column of ``gpu-rnn profile``.
+
 Per hidden unit and step, after the matmuls (``POINT_FLOPS``):
 
 - RNN: ``xp + W_hh h + b_hh`` (2 adds) and the activation: 3.
