@@ -13,7 +13,8 @@ so the profile measures the real path, not a copy of it. Phases inside it are se
 2. otherwise the kernel entry points the backend calls are wrapped for the duration of the
    profile (:data:`KERNEL_HOOKS`: the CPU's input projection and ``recur``, or its fused
    per-layer kernel; the CUDA GEMM and ``run_layer`` of both variants), and each call becomes
-   a phase; where a kernel fuses the input projection into its loop, the projection is timed
+   a phase (an entry point that calls another hooked one is one phase); an entry point the
+   kernels do not have is left out; where a kernel fuses the input projection into its loop, the projection is timed
    alone after each run and subtracted (the report notes it);
 3. otherwise the whole call is one ``forward`` phase, and the report says so.
 
@@ -91,6 +92,21 @@ def _cpu_fast_projection(args, kwargs):
     return lambda: project(xc, w, bias)
 
 
+def _cpu_prepared_projection(args, kwargs):
+    """The input projection of ``fast.run_prepared(mode, x, prepared, ...)`` (``prepared`` =
+    ``(w_ih, w_hh, bias, b_hn)`` from ``fast.prepare``) as a callable, or None."""
+    try:
+        from gpu_rnn.kernels.cpu import fast
+    except ImportError:
+        return None
+    project = getattr(fast, "project", None)
+    if project is None or len(args) < 3:
+        return None
+    xc = np.ascontiguousarray(args[1])
+    w_ih, _, bias, _ = args[2]
+    return lambda: project(xc, w_ih, bias)
+
+
 #: backend -> [(module, function name, key function[, split])]: the kernel entry points wrapped
 #: as phases. A key function maps a call to ``(phase name, layer, direction, stream)``. A
 #: ``split``, for a kernel that fuses the input projection into the recurrence (phase
@@ -100,7 +116,8 @@ def _cpu_fast_projection(args, kwargs):
 KERNEL_HOOKS = {
     "cpu": [("gpu_rnn.kernels.cpu.recurrence", "_project", _cpu_project_key),
             ("gpu_rnn.kernels.cpu.recurrence", "recur", _cpu_layer_key("recurrence", 8)),
-            ("gpu_rnn.kernels.cpu.fast", "run_layer", _cpu_layer_key("layer", 9), _cpu_fast_projection)],
+            ("gpu_rnn.kernels.cpu.fast", "run_layer", _cpu_layer_key("layer", 9), _cpu_fast_projection),
+            ("gpu_rnn.kernels.cpu.fast", "run_prepared", _cpu_layer_key("layer", 6), _cpu_prepared_projection)],
     "cuda": [("gpu_rnn.kernels.cuda.gemm", "gemm_bias", _cuda_key("input_gemm", 5, "gemm")),
              ("gpu_rnn.backends.cuda", "_cublas_project", _cuda_key("input_gemm", 5, "gemm")),
              ("gpu_rnn.kernels.cuda.stepwise", "run_layer", _cuda_key("recurrence", 13, "layer")),
@@ -126,12 +143,18 @@ def _kernel_hooks(base, rec, state, extra_modules=()):
                 continue
 
             def wrapper(*args, _fn=fn, _keyfn=keyfn, _split=split[0] if split else None, **kwargs):
+                if state.get("inside"):  # an entry point called by another one: one phase, not two
+                    return _fn(*args, **kwargs)
                 name, layer, direction, stream = _keyfn(state, args, kwargs)
                 state["hooked"] = True
                 if _split is not None:
                     state.setdefault("split", []).append(((name, layer, direction), _split, args, kwargs))
-                with rec.phase(name, layer, direction, stream):
-                    return _fn(*args, **kwargs)
+                state["inside"] = True
+                try:
+                    with rec.phase(name, layer, direction, stream):
+                        return _fn(*args, **kwargs)
+                finally:
+                    state["inside"] = False
 
             for m in (mod,) + tuple(extra_modules):
                 if getattr(m, attr, None) is fn:
