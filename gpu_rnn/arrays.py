@@ -18,6 +18,8 @@ HOST_DTYPES = ("float32", "float64")
 def is_device_array(a):
     """True for CuPy arrays, torch CUDA tensors, numba device arrays and the like (numba's
     simulator arrays, which carry ``__cuda_ndarray__`` only, included)."""
+    if type(a) is np.ndarray:
+        return False
     return hasattr(a, "__cuda_array_interface__") or hasattr(a, "__cuda_ndarray__")
 
 

@@ -46,6 +46,7 @@ class _Entry:
         self.attr = attr
         self.variants = tuple(variants)
         self._backend = None
+        self.status_cache = None
 
     def load(self):
         if self._backend is None:
@@ -70,10 +71,19 @@ _AUTO_ORDER = ("cuda", "cpu")
 
 
 def _status(name):
+    """A backend's ``(ok, reason, auto_ok)``, asked once per process and simulator setting (a
+    device does not come or go while the process runs; every call goes through here)."""
+    entry = _REGISTRY[name]
+    key = simulated()
+    cached = entry.status_cache
+    if cached is not None and cached[0] == key:
+        return cached[1]
     try:
-        return _REGISTRY[name].load().status()
+        st = tuple(entry.load().status())
     except ImportError as e:
-        return False, f"cannot import its module: {e}", False
+        st = (False, f"cannot import its module: {e}", False)
+    entry.status_cache = (key, st)
+    return st
 
 
 def backend_status():
@@ -148,8 +158,24 @@ def _unavailable(request, why=""):
     return BackendUnavailableError("\n".join(lines))
 
 
+_RESOLVED = {}
+
+
 def resolve(call_backend, layer_backend, device_input=False):
-    """Return ``(backend object, name, variant, why)`` for a call."""
+    """Return ``(backend object, name, variant, why)`` for a call. Every layer call comes
+    here: the answer is kept per request, environment and registry, so a repeated call costs a
+    dictionary lookup."""
+    if (call_backend is None or type(call_backend) is str) and (layer_backend is None or type(layer_backend) is str):
+        key = (call_backend, layer_backend, bool(device_input), os.environ.get(ENV_VAR, ""), simulated(),
+               tuple(map(id, _REGISTRY.values())))
+        hit = _RESOLVED.get(key)
+        if hit is None:
+            hit = _RESOLVED[key] = _resolve(call_backend, layer_backend, device_input)
+        return hit
+    return _resolve(call_backend, layer_backend, device_input)
+
+
+def _resolve(call_backend, layer_backend, device_input):
     for source, req in (("call", call_backend), ("layer", layer_backend)):
         if req is not None and req != "auto":
             check_name(req)

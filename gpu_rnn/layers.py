@@ -42,6 +42,8 @@ class Call:
 
 def _dtype_name(a):
     dt = getattr(a, "dtype", None)
+    if isinstance(dt, np.dtype):
+        return dt.name
     return str(dt).replace("torch.", "") if dt is not None else type(a).__name__
 
 
@@ -57,6 +59,11 @@ def _shape(a):
 
 class RNNBase:
     """Shared machinery of :class:`RNN`, :class:`LSTM` and :class:`GRU`."""
+
+    # extended cells (gpu_rnn.onnx) set their kernel mode, options and peepholes; None here
+    cell_mode = None
+    cell_opts = None
+    cell_peepholes = None
 
     def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  bidirectional=False, proj_size=0, *, dtype="float32", backend="auto", seed=None):
@@ -129,7 +136,11 @@ class RNNBase:
     def __getattr__(self, name):
         params = self.__dict__.get("_params")
         if params is not None and name in params:
-            return params[name]
+            # read-only: the backends keep prepared copies keyed on ``version``, which an
+            # in-place write would not bump; change weights with load_state_dict()
+            view = params[name].view()
+            view.flags.writeable = False
+            return view
         raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
 
     def params(self):

@@ -148,6 +148,30 @@ def test_state_dict_round_trip(mode, rng):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_new_weights_reach_the_kernels(mode, dtype, rng):
+    """The CPU backend keeps prepared weights between calls (contiguous, biases summed): a
+    load_state_dict must replace them, and the attribute arrays cannot be written in place
+    (a write there would leave the prepared copy stale)."""
+    layer = make(mode, 3, 5, dtype=dtype, seed=1)
+    other = make(mode, 3, 5, dtype=dtype, seed=2)
+    x = rng.standard_normal((4, 2, 3)).astype(dtype)
+    first = flat(layer(x))
+    for u, w in zip(first, flat(layer(x))):  # the prepared weights serve the second call
+        np.testing.assert_array_equal(u, w)
+    layer.load_state_dict(other.state_dict())
+    for u, w in zip(flat(layer(x)), flat(other(x))):
+        np.testing.assert_array_equal(u, w)
+    want = reference.call(layer, x)
+    for u, w in zip(flat(layer(x)), flat(want)):
+        assert scaled_err(u, w) < 1e-5
+    with pytest.raises(ValueError, match="read-only"):
+        layer.weight_hh_l0[0, 0] = 1.0
+    with pytest.raises(ValueError, match="read-only"):
+        layer.bias_ih_l0 += 1.0
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_load_state_dict_from_torch_tensors(mode, rng):
     torch = pytest.importorskip("torch", reason="loads torch tensors")
     m = torch_module(torch, mode, 4, 6, num_layers=2).double()

@@ -21,6 +21,22 @@ class CpuBackend:
         return Plan("cpu", "", gemm="BLAS", dtype=layer.dtype,
                     reasons=["numba.njit recurrence, input projection as one BLAS GEMM"])
 
+    @staticmethod
+    def _weights(layer, dt):
+        """The layer's weights in ``dt`` and the fast path's prepared arrays, made once per weight
+        version and dtype and kept on the layer (a call then costs no copies nor bias sums)."""
+        from ..kernels.cpu import fast
+        key = (layer.version, np.dtype(dt).str)
+        cache = layer.__dict__.get("_cpu_weights")
+        if cache is not None and cache[0] == key:
+            return cache[1], cache[2]
+        params = layer.params()
+        if params[0][0].dtype != dt:
+            params = [tuple(None if a is None else a.astype(dt) for a in p) for p in params]
+        prepared = [fast.prepare(w_ih, w_hh, b_ih, b_hh, dt) for w_ih, w_hh, b_ih, b_hh, _ in params]
+        layer.__dict__["_cpu_weights"] = (key, params, prepared)
+        return params, prepared
+
     def forward(self, layer, call, plan):
         from ..kernels import cpu as kcpu
         from ..kernels import cells
@@ -30,14 +46,12 @@ class CpuBackend:
         h0 = call.h0 if call.h0 is not None else np.zeros((LD, B, layer.output_size), dt)
         c0 = call.c0 if call.c0 is not None else np.zeros((LD, B, layer.hidden_size), dt)
         lengths = call.lengths if call.lengths is not None else np.full(B, call.T, np.int64)
-        params = layer.params()
-        if params[0][0].dtype != dt:
-            params = [tuple(None if a is None else a.astype(dt) for a in p) for p in params]
+        params, prepared = self._weights(layer, dt)
         # extended cells (gpu_rnn.onnx) carry their kernel mode, options and peepholes
         mode = getattr(layer, "cell_mode", None)
         out, h_n, c_n = kcpu.forward(cells.MODES[layer.mode] if mode is None else mode, x, params, h0, c0,
                                      lengths, layer.num_directions, opts=getattr(layer, "cell_opts", None),
-                                     peepholes=getattr(layer, "cell_peepholes", None))
+                                     peepholes=getattr(layer, "cell_peepholes", None), prepared=prepared)
         if call.batch_first:
             out = np.ascontiguousarray(np.swapaxes(out, 0, 1))
         return out, h_n, (c_n if layer.mode == "LSTM" else None)

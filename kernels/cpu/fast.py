@@ -44,16 +44,12 @@ SERIAL = 0    # hand-written matmul + pointwise, one thread
 BLAS = 1      # BLAS sgemm (its own threads) + one pointwise pass
 PARALLEL = 2  # hand-written matmul + pointwise fused per tile of hidden units, tiles over threads
 
-# Multiply-adds per step above which two threads pay for their fork/join (a few µs with the
-# OpenMP layer against ~5 µs of work at 1 << 17), and above which (with B >= 8) the BLAS's
-# blocked sgemm wins: its kernels use 512-bit vectors where the compiled dot products below get
-# 256-bit ones (LLVM's preference on AVX-512 parts), so at large batch it has twice the peak.
-PARALLEL_MACS = 1 << 17
-BLAS_MACS = 1 << 21
+# Multiply-adds per step from which the BLAS's blocked sgemm (its own threads) beats the
+# hand-written one-thread step (see :func:`variant`), and the same at batch 1 (sgemv).
+BLAS_MACS = 1 << 23
 BLAS_MACS_B1 = 1 << 19
 # The input projection of a SERIAL layer stays on this thread below this many multiply-adds.
 PROJECT_BLAS_MACS = 1 << 21
-BLAS_MACS_B1 = 1 << 19
 
 
 # -- vectorisable float32 activations ---------------------------------------------------------
@@ -176,20 +172,56 @@ def frelu(x):
 def rows_nt(h, w, acc, n0, n1):
     """``acc[:, n0:n1] = h (B, K) @ w[n0:n1] (., K).T``: ``W_hh`` in its own layout, no transpose.
 
-    Dot products over contiguous k, four at a time so each loaded vector feeds four
-    multiply-adds: four sequences per weight row, or (for the last B % 4) four weight rows per
-    sequence (a 4 x 4 block measured no faster: its 16 vector sums spill). ``reassoc`` lets the
-    compiler split each sum into vector lanes, so the summation order differs from a sequential
-    loop (within float rounding, as any BLAS)."""
+    Dot products over contiguous k in register blocks: four sequences times two weight rows
+    (eight independent sums, each loaded vector feeding two or four multiply-adds: enough
+    chains to cover the FMA latency, few enough to stay in the 16 vector registers; 4 x 1
+    measured 1.2-1.6x slower, 4 x 4 spills); for the last B % 4 sequences, four weight rows per
+    sequence. ``reassoc`` lets the compiler split each sum into vector lanes, so the summation
+    order differs from a sequential loop (within float rounding, as any BLAS)."""
     B, K = h.shape
     zero = type(h[0, 0])(0)
     B4 = B - B % 4
+    n2 = n1 - (n1 - n0) % 2
     for b in range(0, B4, 4):
         h0 = h[b]
         h1 = h[b + 1]
         h2 = h[b + 2]
         h3 = h[b + 3]
-        for n in range(n0, n1):
+        for n in range(n0, n2, 2):
+            wa = w[n]
+            wb = w[n + 1]
+            s0 = zero
+            s1 = zero
+            s2 = zero
+            s3 = zero
+            t0 = zero
+            t1 = zero
+            t2 = zero
+            t3 = zero
+            for k in range(K):
+                x0 = h0[k]
+                x1 = h1[k]
+                x2 = h2[k]
+                x3 = h3[k]
+                a = wa[k]
+                c = wb[k]
+                s0 += a * x0
+                s1 += a * x1
+                s2 += a * x2
+                s3 += a * x3
+                t0 += c * x0
+                t1 += c * x1
+                t2 += c * x2
+                t3 += c * x3
+            acc[b, n] = s0
+            acc[b + 1, n] = s1
+            acc[b + 2, n] = s2
+            acc[b + 3, n] = s3
+            acc[b, n + 1] = t0
+            acc[b + 1, n + 1] = t1
+            acc[b + 2, n + 1] = t2
+            acc[b + 3, n + 1] = t3
+        for n in range(n2, n1):
             wn = w[n]
             s0 = zero
             s1 = zero
@@ -406,9 +438,11 @@ def variant(B, H, G, threads=None):
     Measured on a quiet 2-core machine (2026-11-27, ``profiling/bench_cpu.py`` and a forced-variant
     sweep): the two-thread step (``PARALLEL``, one fork/join per step) was slower than one thread
     at every shape tried (B=1 H=512 LSTM: 327 vs 158 µs per step; B=16 H=64: 160 vs 28), so the
-    automatic choice never takes it; it stays available to ``force`` and to the tests. BLAS pays
-    from about 2M multiply-adds a step, and at batch 1 from 0.5M (its sgemv streams W_hh faster
-    than the hand-written dot products). ``threads`` is accepted for compatibility and ignored.
+    automatic choice never takes it; it stays available to ``force`` and to the tests. With the
+    4 x 2 register blocks of :func:`rows_nt`, BLAS pays from about 8M multiply-adds a step
+    (forced-variant sweep, LSTM µs per step, one thread vs BLAS: B=16 H=256 283 vs 327, B=64 H=256
+    1187 vs 1023, B=16 H=512 1136 vs 1121), and at batch 1 from 0.5M (its sgemv streams W_hh
+    faster than the hand-written dot products). ``threads`` is accepted for compatibility and ignored.
     """
     macs = B * H * G * H
     if macs >= BLAS_MACS or (B == 1 and macs >= BLAS_MACS_B1):
@@ -416,25 +450,40 @@ def variant(B, H, G, threads=None):
     return SERIAL
 
 
-def run_layer(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, out, col, h_n, c_n,
-              force=None):
-    """One layer and direction of a plain cell. ``force`` picks the variant (tests)."""
-    dt = x.dtype
+def prepare(w_ih, w_hh, b_ih, b_hh, dtype):
+    """The arrays :func:`run_prepared` takes, computed once per layer version by the backend:
+    ``(w_ih, w_hh, bias, b_hn)`` contiguous in ``dtype``, ``bias = b_ih + b_hh`` but for GRU's
+    n gate (``b_ih`` only; its ``b_hh`` part is ``b_hn``, scaled by the reset gate)."""
+    dt = np.dtype(dtype)
     GH, H = w_hh.shape
-    G = GH // H
-    B = x.shape[1]
     bias = (b_ih + b_hh).astype(dt)
-    if G == 3:
+    if GH == 3 * H:
         bias[2 * H:] = b_ih[2 * H:]
         b_hn = np.ascontiguousarray(b_hh[2 * H:], dtype=dt)
     else:
         b_hn = bias[:H]
-    v = variant(B, H, G) if force is None else force
-    args = (mode, np.ascontiguousarray(x), np.ascontiguousarray(w_ih, dtype=dt),
-            np.ascontiguousarray(w_hh, dtype=dt), bias, b_hn, np.ascontiguousarray(h0, dtype=dt),
+    return (np.ascontiguousarray(w_ih, dtype=dt), np.ascontiguousarray(w_hh, dtype=dt), bias, b_hn)
+
+
+def run_prepared(mode, x, prepared, h0, c0, lengths, reverse, out, col, h_n, c_n, force=None):
+    """One layer and direction of a plain cell with :func:`prepare`'s arrays. ``force`` picks the
+    variant (tests). Returns the variant that ran."""
+    w_ih, w_hh, bias, b_hn = prepared
+    dt = w_hh.dtype
+    GH, H = w_hh.shape
+    B = x.shape[1]
+    v = variant(B, H, GH // H) if force is None else force
+    args = (mode, np.ascontiguousarray(x), w_ih, w_hh, bias, b_hn, np.ascontiguousarray(h0, dtype=dt),
             np.ascontiguousarray(c0, dtype=dt), lengths, reverse, out, col, h_n, c_n)
     if v == PARALLEL:
         layer_parallel(*args, numba.get_num_threads())
     else:
         layer_serial(*args, v == BLAS)
     return v
+
+
+def run_layer(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, out, col, h_n, c_n,
+              force=None):
+    """One layer and direction of a plain cell. ``force`` picks the variant (tests)."""
+    return run_prepared(mode, x, prepare(w_ih, w_hh, b_ih, b_hh, x.dtype), h0, c0, lengths, reverse,
+                        out, col, h_n, c_n, force)

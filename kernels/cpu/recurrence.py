@@ -93,7 +93,7 @@ def _project(x, w_ih, b_ih):
     return xp.reshape(T, B, -1)
 
 
-def forward(mode, x, params, h0, c0, lengths, num_directions, opts=None, peepholes=None):
+def forward(mode, x, params, h0, c0, lengths, num_directions, opts=None, peepholes=None, prepared=None):
     """Whole stack, time-major. Same signature as :func:`gpu_rnn.reference.forward`.
 
     x       (T, B, I) contiguous, float32 or float64
@@ -103,6 +103,9 @@ def forward(mode, x, params, h0, c0, lengths, num_directions, opts=None, peephol
     lengths (B,) int64
     opts    (OPTS_SIZE,) options of the extended cell modes, or None
     peepholes  list of L*D (3, H) arrays (ONNX order i, o, f) or None
+    prepared   list of L*D ``fast.prepare`` tuples (or None entries) that the caller keeps
+            between calls, so that a layer's weights are made contiguous and its biases summed
+            once per weight version, not per call
     Returns ``out (T, B, D*P), h_n (L*D, B, P), c_n (L*D, B, H)``.
     """
     D = num_directions
@@ -122,8 +125,9 @@ def forward(mode, x, params, h0, c0, lengths, num_directions, opts=None, peephol
             k = layer * D + d
             w_ih, w_hh, b_ih, b_hh, w_hr = params[k]
             if fast.applies(mode, dt, w_hr, peepholes):
-                fast.run_layer(mode, inp, w_ih, w_hh, b_ih, b_hh, h0[k], c0[k], lengths, d == 1,
-                               out, d * P, h_n[k], c_n[k])
+                prep = prepared[k] if prepared is not None and prepared[k] is not None else \
+                    fast.prepare(w_ih, w_hh, b_ih, b_hh, dt)
+                fast.run_prepared(mode, inp, prep, h0[k], c0[k], lengths, d == 1, out, d * P, h_n[k], c_n[k])
                 continue
             xp = _project(inp, w_ih, b_ih)
             w_hr_t = empty if w_hr is None else np.ascontiguousarray(w_hr.T)
