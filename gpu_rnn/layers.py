@@ -42,7 +42,7 @@ class Call:
 
 def _dtype_name(a):
     dt = getattr(a, "dtype", None)
-    if isinstance(dt, np.dtype):
+    if isinstance(dt, np.dtype) and dt.kind == "f":
         return dt.name
     return str(dt).replace("torch.", "") if dt is not None else type(a).__name__
 
