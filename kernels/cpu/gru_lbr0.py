@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import cells
 
-_C = cells.build(numba.njit(cache=True, inline="always", error_model="numpy"))
+_C = cells.build(numba.njit(cache=True, error_model="numpy"))
 point = _C.point
 act = _C.act
 clip = _C.clip

@@ -9,7 +9,7 @@ import numpy as np
 from .. import cells
 from . import fast
 
-_C = cells.build(numba.njit(cache=True, inline="always", error_model="numpy"))
+_C = cells.build(numba.njit(cache=True, error_model="numpy"))
 point = _C.point
 
 
