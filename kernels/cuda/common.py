@@ -21,8 +21,9 @@ Under the simulator (``NUMBA_ENABLE_CUDASIM=1``) kernels run as Python on NumPy 
 plain Python bodies below are what runs there. On real CUDA the same names are intrinsics,
 lowered by the element type at compile time.
 
-``C`` holds the cell math of :mod:`gpu_rnn.kernels.cells` compiled as CUDA device functions
-(``C.point``, ``C.sigmoid``, ``C.tanh``, ``C.relu``).
+``CF`` holds the cell math of :mod:`gpu_rnn.kernels.cells` compiled as CUDA device functions
+(``CF.point``, ``CF.act``, ``CF.clip``, ``CF.sigmoid``, ``CF.tanh``, ``CF.relu``), inlined by
+NVVM into the kernels that call them.
 """
 import numpy as np
 from numba import cuda
@@ -198,26 +199,17 @@ def configure(kernel, grid, block, stream=0):
         return kernel[grid, block, stream]
 
 
-def _device_jit():
-    if SIMULATOR:
-        return cuda.jit(device=True)
-    return cuda.jit(device=True, inline="always")
-
-
 def _device_jit_nvvm():
     if SIMULATOR:
         return cuda.jit(device=True)
     return cuda.jit(device=True, forceinline=True)
 
 
-#: The cell math compiled for the device: ``C.point(mode, a0, a1, a2, a3, hn, h_prev, c_prev,
-#: opts, pi, pf, po) -> (h, c)`` and the activations ``C.sigmoid``, ``C.tanh``, ``C.relu``.
-#: Inlined at the numba IR level: compiles with ``cuda.compile_ptx`` on a machine without a GPU.
-C = cells.build(_device_jit())
-#: The same functions inlined by NVVM instead (``forceinline``): the same code, but a kernel
-#: using them compiles about ten times faster (numba's IR inliner deep-copies the callee's IR at
-#: every call site). Compiling them needs the device's compute capability: on a machine without
-#: a GPU, ``compile_ptx`` of a kernel using them needs ``numba.cuda.dispatcher.get_current_device``
-#: to name one (tests/test_cuda_compile.py does).
+#: The cell math compiled for the device: ``CF.point(mode, a0, a1, a2, a3, hn, h_prev, c_prev,
+#: opts, pi, pf, po) -> (h, c)``, the activations and the ONNX extras. ``forceinline``: NVVM
+#: inlines them into every kernel (numba's own IR-level inlining gave the same code but
+#: compiled about six times slower: it deep-copies the callee's IR at every call site).
+#: Compiling them needs the device's compute capability: on a machine without a GPU,
+#: ``compile_ptx`` of a kernel using them needs ``numba.cuda.dispatcher.get_current_device`` to
+#: name one (``persistent.compile_ptx`` and the tests do).
 CF = cells.build(_device_jit_nvvm())
-point = C.point

@@ -41,7 +41,11 @@ import numpy as np
 from numba import cuda
 
 from .common import SIMULATOR, configure
-from .common import point as _point  # the cell math (kernels.cells) as CUDA device functions
+from .common import CF
+
+# the cell math (kernels.cells) as CUDA device functions inlined by NVVM (``forceinline``):
+# numba's IR-level inlining of every mode made this kernel's compile several times longer
+_point = CF.point
 
 # inlined at numba's IR level on the device (no separate device-function compile)
 _device = cuda.jit(device=True) if SIMULATOR else cuda.jit(device=True, inline="always")
