@@ -5,6 +5,18 @@ import numpy as np
 import pytest
 
 
+def pytest_configure(config):
+    """numba-cuda raises its own ``NumbaPerformanceWarning`` (not a subclass of numba's, which
+    pyproject.toml turns into an error): make it an error too, so that a hidden host<->device
+    copy in a kernel launch fails the GPU tests. Launches of small grids go through
+    ``kernels.cuda.common.configure``, which silences the legitimate low-occupancy warning."""
+    try:
+        import numba.cuda.core.errors  # noqa: F401
+    except Exception:  # noqa: BLE001 - numba-cuda absent: nothing to filter
+        return
+    config.addinivalue_line("filterwarnings", "error::numba.cuda.core.errors.NumbaPerformanceWarning")
+
+
 def pytest_collection_modifyitems(config, items):
     real_gpu = False
     if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":

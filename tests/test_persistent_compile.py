@@ -53,6 +53,18 @@ def test_compiles_for_sm90(ptx, storage):
         assert not f64, f"{storage} storage computes in float32, found: {f64[:5]}"
 
 
+@pytest.mark.skipif(not ptx_compiler_status()[0], reason=ptx_compiler_status()[1] or "PTX compiler available")
+def test_cooperative_kernel_compiles_for_sm90():
+    """The kernel as a GPU launches it: its grid barrier is the device runtime's grid sync, and
+    its shared memory is dynamic (sized at launch)."""
+    text = persistent.compile_ptx("float32", cc=(9, 0), cooperative=True)[0]
+    assert ".entry" in text
+    assert "cudaCGSynchronize" in text
+    assert ".extern .shared" in text
+    block_only = persistent.compile_ptx("float32", cc=(9, 0))[0]
+    assert "cudaCGSynchronize" not in block_only
+
+
 def test_f64_pattern_finds_float64_arithmetic():
     """The check above can fail: the pattern catches float64 arithmetic, ignores conversions."""
     sample = ("\tfma.rn.f64 \t%fd3, %fd1, %fd2, %fd3;\n"

@@ -188,15 +188,15 @@ if not SIMULATOR:
     load, store, zero, cdtype = _load, _store, _zero, _cdtype
 
 
-def configure(kernel, grid, block, stream=0):
-    """``kernel[grid, block, stream]`` without numba's low-occupancy warning (grids under 128
+def configure(kernel, grid, block, stream=0, sharedmem=0):
+    """``kernel[grid, block, stream, sharedmem]`` without numba's low-occupancy warning (grids under 128
     blocks): a small batch or hidden size is a legitimate small grid, not a mistake, and the
     warning is a NumbaPerformanceWarning, which the test suite turns into an error to catch
     hidden host<->device copies."""
     import warnings
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU under-utilization")
-        return kernel[grid, block, stream]
+        return kernel[grid, block, stream, sharedmem]
 
 
 def _device_jit_nvvm():

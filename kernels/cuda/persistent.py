@@ -125,6 +125,16 @@ def _itemsizes(storage):
     return st, acc
 
 
+#: device id -> :func:`device_props` (read once per device: every call plans)
+_PROPS = {}
+#: fits() answers, per layer shape, storage and device properties
+_FITS = {}
+#: (kernel, argument types) -> the compiled kernel with its shared-memory limit raised
+_COMPILED = {}
+#: (compiled kernel, threads, shared bytes) -> its co-resident grid limit
+_CO_RESIDENT = {}
+
+
 def device_props():
     """The properties the planner needs, as a small dict.
 
@@ -141,6 +151,9 @@ def device_props():
                 "max_threads": SIM_THREADS, "max_cooperative_blocks": 1,
                 "cooperative": True, "simulator": True}
     dev = cuda.get_current_device()
+    cached = _PROPS.get(dev.id)
+    if cached is not None:
+        return dict(cached)
     sm = int(dev.MULTIPROCESSOR_COUNT)
     try:
         smem = int(dev.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
@@ -151,11 +164,12 @@ def device_props():
     except Exception:  # noqa: BLE001
         coop = True
     name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
-    return {"name": name, "multiprocessors": sm, "max_shared_per_block": smem,
-            "registers_per_block": int(dev.MAX_REGISTERS_PER_BLOCK),
-            "max_threads": int(dev.MAX_THREADS_PER_BLOCK),
-            "max_cooperative_blocks": sm if coop else 0,
-            "cooperative": coop, "simulator": False}
+    _PROPS[dev.id] = {"name": name, "multiprocessors": sm, "max_shared_per_block": smem,
+                      "registers_per_block": int(dev.MAX_REGISTERS_PER_BLOCK),
+                      "max_threads": int(dev.MAX_THREADS_PER_BLOCK),
+                      "max_cooperative_blocks": sm if coop else 0,
+                      "cooperative": coop, "simulator": False}
+    return dict(_PROPS[dev.id])
 
 
 def _pow2_floor(n):
@@ -222,10 +236,19 @@ def fits(mode, D, B, H, P, G, dtype, device_props):
     (``max_cooperative_blocks``). Among the grids that fit, the smallest one (``min_blocks``)
     has the cheapest barrier but the most work per block; ``blocks`` is the one the floor
     model (module docstring) says is fastest, which on a large device is usually many more.
-    ``ok=False`` gives the reason (the backend then uses the stepwise kernel).
+    ``ok=False`` gives the reason (the backend then uses the stepwise kernel). The answer is
+    kept per arguments: every call of a layer plans (twice: ``plan()`` and the launch).
     """
     props = device_props
     storage = _storage_name(dtype)
+    key = (mode, D, B, H, P, G, storage, tuple(sorted(props.items())))
+    hit = _FITS.get(key)
+    if hit is None:
+        hit = _FITS[key] = _fits(mode, D, B, H, P, G, storage, props)
+    return dict(hit)
+
+
+def _fits(mode, D, B, H, P, G, storage, props):
     threads = min(int(props.get("max_threads", THREADS)),
                   SIM_THREADS if props.get("simulator") else THREADS)
     max_blocks = min(int(props.get("max_cooperative_blocks", 0)), D * H)
@@ -666,18 +689,19 @@ def kernel(storage):
     return k
 
 
-def compile_ptx(storage, cc=(9, 0)):
-    """PTX of the kernel for ``storage`` with its grid barrier replaced by a block barrier.
+def compile_ptx(storage, cc=(9, 0), cooperative=False):
+    """PTX of the kernel for ``storage``, without a GPU. Returns ``(ptx, resty)``.
 
-    ``cuda.compile_ptx`` runs without a GPU, but the grid sync needs the CUDA driver (it links
-    the device runtime), so this variant checks that everything else types and compiles.
-    Returns ``(ptx, resty)``.
+    ``cooperative=False``: the grid barrier replaced by a block barrier (what a one-block grid
+    runs); ``True``: the kernel as launched on a GPU, its grid barrier a call of the device
+    runtime's ``cudaCGSynchronize`` (linked from ``cudadevrt`` when a GPU loads it, which this
+    cannot check).
     """
     from numba import types
     # device functions of its own, per ``cc`` (their code is for it, not for a real device),
     # shared by the storage dtypes of one compute type
     dev = _PTX_DEV.setdefault(tuple(cc), _device_functions())
-    fn = _body(storage, False, dev)
+    fn = _body(storage, cooperative, dev)
     wt = _numba_type(storage)
     acc = types.float64 if storage == "float64" else types.float32
     arr = lambda dt, n: types.Array(dt, n, "C")  # noqa: E731
@@ -735,7 +759,12 @@ def _plan_from(grid, mode, D, B, H, P, G, storage):
 def _compiled(k, args):
     """The kernel compiled for ``args``, with its dynamic shared memory raised to the device's
     opt-in limit (above 48 KiB a launch needs the attribute set)."""
-    compiled = k.compile(tuple(k.typeof_pyval(a) for a in args))
+    types_ = tuple(k.typeof_pyval(a) for a in args)
+    key = (id(k), cuda.get_current_device().id, types_)
+    hit = _COMPILED.get(key)
+    if hit is not None:
+        return hit
+    compiled = k.compile(types_)
     limit = device_props()["max_shared_per_block"]
     if limit > 48 * 1024:
         try:
@@ -746,12 +775,16 @@ def _compiled(k, args):
         except Exception as e:  # noqa: BLE001 - any driver refusal means no launch
             raise PersistentUnavailable(
                 f"cannot raise the kernel's dynamic shared memory to {limit} bytes: {e}") from e
+    _COMPILED[key] = compiled
     return compiled
 
 
 def _check_co_resident(compiled, plan):
     """A cooperative launch larger than the device can hold at once would fail or hang."""
-    limit = compiled.max_cooperative_grid_blocks(plan["threads"], plan["smem_bytes"])
+    key = (id(compiled), plan["threads"], plan["smem_bytes"])
+    limit = _CO_RESIDENT.get(key)
+    if limit is None:
+        limit = _CO_RESIDENT[key] = compiled.max_cooperative_grid_blocks(plan["threads"], plan["smem_bytes"])
     if plan["blocks"] > limit:
         raise PersistentUnavailable(
             f"a cooperative grid of {plan['blocks']} blocks x {plan['threads']} threads with "
@@ -823,5 +856,5 @@ def run_layer(mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts, 
     if compiled is not None:
         _check_co_resident(compiled, plan)
     args[-1] = plan["lanes"]
-    k[plan["blocks"], plan["threads"], stream, plan["smem_bytes"]](*args)
+    common.configure(k, plan["blocks"], plan["threads"], stream, plan["smem_bytes"])(*args)
     return plan
