@@ -408,6 +408,10 @@ def _persistent(mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts
     lbr0 = mode == ONNX_GRU and optl[OPT_LBR] == z
     acc = cuda.local.array(NACC, ACC_T)
     xs = cuda.local.array(BT, ACC_T)
+    # an idle lane group still takes part in the reduction (every thread reaches its barriers):
+    # its sums are discarded, but must not be uninitialised memory (inf/NaN garbage)
+    for i in range(NACC):
+        acc[i] = z
 
     red = cuda.shared.array(0, ACC_T)
     dynw = cuda.shared.array(0, W_T)
