@@ -119,6 +119,22 @@ def test_fits_refuses_weights_larger_than_shared_memory():
     assert persistent.fits(cells.LSTM, 1, 4, 1024, 1024, 4, "float16", H100)["ok"]
 
 
+def test_fits_answers_are_kept_but_not_shared():
+    """fits() is asked at every call, so its answer is kept per arguments; a caller that
+    changes the dict it got must not change the next caller's, and other properties get their
+    own answer."""
+    first = persistent.fits(cells.LSTM, 2, 4, 512, 512, 4, "float32", H100)
+    assert first["ok"]
+    want = dict(first)
+    first["blocks"] = -1
+    first["reason"] = "changed by a caller"
+    again = persistent.fits(cells.LSTM, 2, 4, 512, 512, 4, "float32", H100)
+    assert again == want
+    small = dict(H100, multiprocessors=4, max_cooperative_blocks=4)
+    other = persistent.fits(cells.LSTM, 2, 4, 512, 512, 4, "float32", small)
+    assert other != want and (not other["ok"] or other["blocks"] <= 4)
+
+
 def test_fits_refuses_without_cooperative_launch():
     props = dict(H100, cooperative=False, max_cooperative_blocks=0)
     plan = persistent.fits(cells.GRU, 1, 1, 64, 64, 3, "float32", props)
