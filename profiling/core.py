@@ -74,24 +74,6 @@ def _cuda_key(name, stream_index, counter):
     return key
 
 
-def _cpu_fast_projection(args, kwargs):
-    """The input projection of a fused CPU layer kernel (``fast.run_layer(mode, x, w_ih, w_hh,
-    b_ih, b_hh, ...)``) as a callable that runs the same projection kernel alone, or None."""
-    try:
-        from gpu_rnn.kernels.cpu import fast
-    except ImportError:
-        return None
-    project = getattr(fast, "project", None)
-    if project is None or len(args) < 6:
-        return None
-    x, w_ih, b_ih, b_hh = args[1], args[2], args[4], args[5]
-    dt = x.dtype
-    xc = np.ascontiguousarray(x)
-    w = np.ascontiguousarray(w_ih, dtype=dt)
-    bias = (np.asarray(b_ih) + np.asarray(b_hh)).astype(dt)
-    return lambda: project(xc, w, bias)
-
-
 def _cpu_prepared_projection(args, kwargs):
     """The input projection of ``fast.run_prepared(mode, x, prepared, ...)`` (``prepared`` =
     ``(w_ih, w_hh, bias, b_hn)`` from ``fast.prepare``) as a callable, or None."""
@@ -116,7 +98,6 @@ def _cpu_prepared_projection(args, kwargs):
 KERNEL_HOOKS = {
     "cpu": [("gpu_rnn.kernels.cpu.recurrence", "_project", _cpu_project_key),
             ("gpu_rnn.kernels.cpu.recurrence", "recur", _cpu_layer_key("recurrence", 8)),
-            ("gpu_rnn.kernels.cpu.fast", "run_layer", _cpu_layer_key("layer", 9), _cpu_fast_projection),
             ("gpu_rnn.kernels.cpu.fast", "run_prepared", _cpu_layer_key("layer", 6), _cpu_prepared_projection)],
     "cuda": [("gpu_rnn.kernels.cuda.gemm", "gemm_bias", _cuda_key("input_gemm", 5, "gemm")),
              ("gpu_rnn.backends.cuda", "_cublas_project", _cuda_key("input_gemm", 5, "gemm")),

@@ -169,7 +169,7 @@ def _cpu_entry_points():
     out = [recurrence._project, recurrence.recur]
     try:
         from gpu_rnn.kernels.cpu import fast
-        out.append(fast.run_layer)
+        out.append(fast.run_prepared)
     except (ImportError, AttributeError):
         pass
     return out
