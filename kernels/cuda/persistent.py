@@ -352,6 +352,18 @@ def _dots(wsm, w0, P, ws, v0, vs, nbt, lane, lanes, nrows, acc, xs, z):
                     acc[g * BT + bb] += w * xs[bb]
 
 
+def _item(q, NBT, B, base, width):
+    """Work item ``q`` of a block whose slice starts at row ``base`` (of ``D * width`` rows, per
+    direction ``width``): ``(ll, b0, nbt, d, j)``, the slice's local row ``ll``, the batch tile
+    starting at ``b0`` with ``nbt`` rows, the direction ``d`` and the row ``j`` within it."""
+    ll = q // NBT
+    b0 = (q - ll * NBT) * BT
+    nbt = min(BT, B - b0)
+    u = base + ll
+    d = u // width
+    return ll, b0, nbt, d, u - d * width
+
+
 def _reduce(red, tid, lane, lanes, acc):
     """Sum the partial sums of a group's lanes into lane 0 (every thread of the block calls
     it: it holds two block barriers)."""
@@ -474,12 +486,7 @@ def _persistent(mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts
             nbt = 0
             ll = 0
             if active:
-                ll = q // NBT
-                b0 = (q - ll * NBT) * BT
-                nbt = min(BT, B - b0)
-                u = u0 + ll
-                d = u // H
-                j = u - d * H
+                ll, b0, nbt, d, j = item(q, NBT, B, u0, H)
                 dots(wsm, ll * gp, P, ws, ((cur * D + d) * B + b0) * P, P, nbt, lane, lanes,
                      2 if lbr0 else G, acc, xs, z)
             reduce_(red, tid, lane, lanes, acc)
@@ -553,12 +560,7 @@ def _persistent(mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts
                 b0 = 0
                 nbt = 0
                 if active:
-                    ll = q // NBT
-                    b0 = (q - ll * NBT) * BT
-                    nbt = min(BT, B - b0)
-                    u = u0 + ll
-                    d = u // H
-                    j = u - d * H
+                    ll, b0, nbt, d, j = item(q, NBT, B, u0, H)
                     dots(wsm, ll * gp + 2 * P, P, ws, off_r + (d * B + b0) * H, H, nbt, lane,
                          lanes, 1, acc, xs, z)
                 reduce_(red, tid, lane, lanes, acc)
@@ -595,12 +597,7 @@ def _persistent(mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts
                 b0 = 0
                 nbt = 0
                 if active:
-                    ll = q // NBT
-                    b0 = (q - ll * NBT) * BT
-                    nbt = min(BT, B - b0)
-                    o = o0 + ll
-                    d = o // P
-                    p = o - d * P
+                    ll, b0, nbt, d, p = item(q, NBT, B, o0, P)
                     dots(rsm, ll * H, H, ws, off_r + (d * B + b0) * H, H, nbt, lane, lanes, 1,
                          acc, xs, z)
                 reduce_(red, tid, lane, lanes, acc)
@@ -663,7 +660,7 @@ def _device_functions():
     """The kernel's device functions, compiled on their own: numba-level inlining would
     re-type a callee (the whole cell math) at every call site; LLVM still inlines what pays."""
     jit = cuda.jit(device=True)
-    return dict(gates=jit(_gates), slice_=jit(_slice), dots=jit(_dots), reduce_=jit(_reduce),
+    return dict(gates=jit(_gates), slice_=jit(_slice), item=jit(_item), dots=jit(_dots), reduce_=jit(_reduce),
                 block_sync=jit(_block_sync), grid_sync=jit(_grid_sync), cell=jit(_cell),
                 reset_gate=jit(_reset_gate))
 
