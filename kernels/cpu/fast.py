@@ -274,53 +274,72 @@ def point_tile(mode, xp_t, acc, b_hn, hc, hn, c, lengths, t, out_t, col, j0, j1)
     """Units ``j0:j1`` of every sequence at step ``t``: gates from ``xp_t (B, N)`` (biases
     folded in) plus ``acc (B, N)``; reads ``hc``, writes ``hn`` (the next step's state), ``c`` in
     place and ``out_t (B, D*H)`` at ``col``. A finished sequence (``t >= lengths[b]``) keeps its
-    state and outputs zeros. The loops over j have no calls nor branches but selects: they
-    vectorise."""
+    state and outputs zeros.
+
+    Each gate's units are taken as a view first, so every inner loop runs ``j`` from 0 on plain
+    views: a signed index with an offset (``x[H + j]``, ``range(j0, j1)``) keeps numba's
+    negative-index wrap-around in the loop, and that select alone stops the loop from
+    vectorising (measured 4-5x slower per unit). The loops have no calls nor branches."""
     B, N = acc.shape
     H = hc.shape[1]
+    m = j1 - j0
     zero = type(acc[0, 0])(0)
     one = type(acc[0, 0])(1)
     for b in range(B):
-        hc_b = hc[b]
-        hn_b = hn[b]
-        o_b = out_t[b]
+        hcb = hc[b, j0:j1]
+        hnb = hn[b, j0:j1]
+        ob = out_t[b, col + j0:col + j1]
         if t >= lengths[b]:
-            for j in range(j0, j1):
-                hn_b[j] = hc_b[j]
-                o_b[col + j] = zero
+            for j in range(m):
+                hnb[j] = hcb[j]
+            for j in range(m):
+                ob[j] = zero
             continue
-        x_b = xp_t[b]
-        a_b = acc[b]
+        x = xp_t[b]
+        a = acc[b]
+        x0 = x[j0:j1]
+        a0 = a[j0:j1]
         if mode == cells.LSTM:
-            c_b = c[b]
-            for j in range(j0, j1):
-                ig = fsigmoid(x_b[j] + a_b[j])
-                fg = fsigmoid(x_b[H + j] + a_b[H + j])
-                gg = ftanh(x_b[2 * H + j] + a_b[2 * H + j])
-                og = fsigmoid(x_b[3 * H + j] + a_b[3 * H + j])
-                cv = fg * c_b[j] + ig * gg
-                c_b[j] = cv
+            x1 = x[H + j0:H + j1]
+            a1 = a[H + j0:H + j1]
+            x2 = x[2 * H + j0:2 * H + j1]
+            a2 = a[2 * H + j0:2 * H + j1]
+            x3 = x[3 * H + j0:3 * H + j1]
+            a3 = a[3 * H + j0:3 * H + j1]
+            cb = c[b, j0:j1]
+            for j in range(m):
+                ig = fsigmoid(x0[j] + a0[j])
+                fg = fsigmoid(x1[j] + a1[j])
+                gg = ftanh(x2[j] + a2[j])
+                og = fsigmoid(x3[j] + a3[j])
+                cv = fg * cb[j] + ig * gg
+                cb[j] = cv
                 hv = og * ftanh(cv)
-                hn_b[j] = hv
-                o_b[col + j] = hv
+                hnb[j] = hv
+                ob[j] = hv
         elif mode == cells.GRU:
-            for j in range(j0, j1):
-                r = fsigmoid(x_b[j] + a_b[j])
-                z = fsigmoid(x_b[H + j] + a_b[H + j])
-                n = ftanh(x_b[2 * H + j] + r * (a_b[2 * H + j] + b_hn[j]))
-                hv = (one - z) * n + z * hc_b[j]
-                hn_b[j] = hv
-                o_b[col + j] = hv
+            x1 = x[H + j0:H + j1]
+            a1 = a[H + j0:H + j1]
+            x2 = x[2 * H + j0:2 * H + j1]
+            a2 = a[2 * H + j0:2 * H + j1]
+            bn = b_hn[j0:j1]
+            for j in range(m):
+                r = fsigmoid(x0[j] + a0[j])
+                z = fsigmoid(x1[j] + a1[j])
+                n = ftanh(x2[j] + r * (a2[j] + bn[j]))
+                hv = (one - z) * n + z * hcb[j]
+                hnb[j] = hv
+                ob[j] = hv
         elif mode == cells.RNN_TANH:
-            for j in range(j0, j1):
-                hv = ftanh(x_b[j] + a_b[j])
-                hn_b[j] = hv
-                o_b[col + j] = hv
+            for j in range(m):
+                hv = ftanh(x0[j] + a0[j])
+                hnb[j] = hv
+                ob[j] = hv
         else:
-            for j in range(j0, j1):
-                hv = frelu(x_b[j] + a_b[j])
-                hn_b[j] = hv
-                o_b[col + j] = hv
+            for j in range(m):
+                hv = frelu(x0[j] + a0[j])
+                hnb[j] = hv
+                ob[j] = hv
 
 
 # -- the drivers --------------------------------------------------------------------------------
