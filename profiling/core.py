@@ -76,7 +76,7 @@ def _cuda_key(name, stream_index, counter):
 
 def _cpu_prepared_projection(args, kwargs):
     """The input projection of ``fast.run_prepared(mode, x, prepared, ...)`` (``prepared`` =
-    ``(w_ih, w_hh, bias, b_hn)`` from ``fast.prepare``) as a callable, or None."""
+    ``(w_ih, w_hh, bias, b_hn, w_hr)`` from ``fast.prepare``) as a callable, or None."""
     try:
         from gpu_rnn.kernels.cpu import fast
     except ImportError:
@@ -85,7 +85,7 @@ def _cpu_prepared_projection(args, kwargs):
     if project is None or len(args) < 3:
         return None
     xc = np.ascontiguousarray(args[1])
-    w_ih, _, bias, _ = args[2]
+    w_ih, _, bias = args[2][:3]
     return lambda: project(xc, w_ih, bias)
 
 

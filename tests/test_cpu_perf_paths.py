@@ -189,6 +189,42 @@ def test_hypothesis_shapes(force, mode, variant, T, B, I, H, D, L, seed, dtype):
     check(mode, *case, D, dtype)
 
 
+def make_proj_case(rng, T, B, I, H, P, L=1, D=1, dtype=np.float32, scale=0.6):
+    """An LSTM with ``proj_size = P``: w_hh (4H, P), w_hr (P, H), h0 (L*D, B, P)."""
+    params = []
+    for layer in range(L):
+        n_in = I if layer == 0 else D * P
+        for _ in range(D):
+            u = lambda *shape: rng.uniform(-scale, scale, shape).astype(dtype)  # noqa: E731
+            params.append((u(4 * H, n_in), u(4 * H, P), u(4 * H), u(4 * H), u(P, H)))
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = rng.standard_normal((L * D, B, P)).astype(dtype)
+    c0 = rng.standard_normal((L * D, B, H)).astype(dtype)
+    lens = rng.integers(1, T + 1, B).astype(np.int64)
+    lens[rng.integers(B)] = T
+    return x, params, h0, c0, lens
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lstm_projection_fast_path(force, rng, monkeypatch, variant, dtype):
+    """An LSTM with ``proj_size`` runs in the fast driver (a forced ``PARALLEL`` runs it
+    serially), never in the generic one, and matches the reference: awkward P and H, both
+    directions, two layers, per-sequence lengths, outputs poisoned."""
+    from gpu_rnn.kernels.cpu import recurrence
+
+    def generic(*a):
+        raise AssertionError("the generic driver ran")
+    monkeypatch.setattr(recurrence, "recur", generic)
+    calls = force(variant)
+    shapes = [(1, 1, 1, 2, 1), (5, 3, 7, 17, 5), (6, 4, 9, 33, 32), (4, 5, 16, 65, 13)]
+    for T, B, I, H, P in shapes:
+        for D in (1, 2):
+            check("LSTM", *make_proj_case(rng, T, B, I, H, P, L=2, D=D, dtype=dtype), D, dtype)
+    ran = "serial" if variant == "parallel" else variant
+    assert calls[ran] == 2 * 2 * 3 * len(shapes) and sum(calls.values()) == calls[ran], calls
+
+
 def test_direct_call_writes_every_output(rng):
     """``run_layer`` on NaN-filled out / h_n / c_n, every variant: all written, all agree."""
     T, B, I, H = 6, 5, 9, 41

@@ -33,7 +33,7 @@ class CpuBackend:
         params = layer.params()
         if params[0][0].dtype != dt:
             params = [tuple(None if a is None else a.astype(dt) for a in p) for p in params]
-        prepared = [fast.prepare(w_ih, w_hh, b_ih, b_hh, dt) for w_ih, w_hh, b_ih, b_hh, _ in params]
+        prepared = [fast.prepare(w_ih, w_hh, b_ih, b_hh, dt, w_hr) for w_ih, w_hh, b_ih, b_hh, w_hr in params]
         layer.__dict__["_cpu_weights"] = (key, params, prepared)
         return params, prepared
 

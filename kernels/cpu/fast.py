@@ -363,44 +363,76 @@ def project(x, w_ih, bias, blas=True):
 
 
 @_jit
-def layer_serial(mode, x, w_ih, w_hh, bias, b_hn, h0, c0, lengths, reverse, out, col, h_n, c_n,
-                 use_blas):
-    """One layer, one direction, all steps, one thread (but the BLAS's own); plain cells only.
+def layer_serial(mode, x, w_ih, w_hh, bias, b_hn, w_hr, h0, c0, lengths, reverse, out, col, h_n,
+                 c_n, use_blas):
+    """One layer, one direction, all steps, one thread (but the BLAS's own); plain cells and the
+    LSTM with a projection.
 
     x       (T, B, I) C-contiguous
-    w_ih    (G*H, I), w_hh (G*H, H) as stored (C-contiguous): never transposed
+    w_ih    (G*H, I), w_hh (G*H, P) as stored (C-contiguous): never transposed
     bias    (G*H,)  ``b_ih + b_hh``, but for GRU's n gate ``b_ih`` only
     b_hn    (H,)    GRU: ``b_hh[2H:3H]`` (the reset gate scales it); ignored otherwise
-    h0, c0  (B, H); lengths (B,) int64 as in ``recurrence.recur``
-    out     (T, B, D*H), this direction at ``col``; h_n, c_n (B, H) written
+    w_hr    (P, H)  LSTM projection ``W_hr`` as stored, or an empty (0, 0) array for none (P = H)
+    h0 (B, P), c0 (B, H); lengths (B,) int64 as in ``recurrence.recur``
+    out     (T, B, D*P), this direction at ``col``; h_n (B, P), c_n (B, H) written
     use_blas  True: ``np.dot`` per step (``BLAS``), False: :func:`rows_nt` (``SERIAL``)
+
+    With a projection the pointwise pass writes the unprojected ``o * tanh(c)`` to a scratch
+    state, one more product projects it, and a last pass per sequence takes the projected state
+    (or keeps the old one and writes zeros, past its length).
     """
     T, B, I = x.shape
     xp = project(x, w_ih, bias, use_blas or T * B * I * w_ih.shape[0] > PROJECT_BLAS_MACS)
     T, B, N = xp.shape
-    H = h0.shape[1]
+    H = c0.shape[1]
+    P = h0.shape[1]
+    has_proj = w_hr.shape[0] > 0
     hc = h0.copy()
     hn = np.empty_like(hc)
     c = c0.copy()
     acc = np.empty((B, N), dtype=xp.dtype)
+    hraw = np.empty((B, H), dtype=xp.dtype) if has_proj else hn
+    junk = np.empty((B, H), dtype=xp.dtype) if has_proj else hn
+    hp = np.empty((B, P), dtype=xp.dtype) if has_proj else hn
+    zero = np.zeros(1, dtype=xp.dtype)[0]
     for s in range(T):
         t = T - 1 - s if reverse else s
         if use_blas:
             np.dot(hc, w_hh.T, acc)
         else:
             rows_nt(hc, w_hh, acc, 0, N)
-        point_tile(mode, xp[t], acc, b_hn, hc, hn, c, lengths, t, out[t], col, 0, H)
+        if not has_proj:
+            point_tile(mode, xp[t], acc, b_hn, hc, hn, c, lengths, t, out[t], col, 0, H)
+        else:
+            point_tile(mode, xp[t], acc, b_hn, hraw, hraw, c, lengths, t, junk, 0, 0, H)
+            if use_blas:
+                np.dot(hraw, w_hr.T, hp)
+            else:
+                rows_nt(hraw, w_hr, hp, 0, P)
+            for b in range(B):
+                hnb = hn[b]
+                ob = out[t, b, col:col + P]
+                src = hp[b] if t < lengths[b] else hc[b]
+                for k in range(P):
+                    hnb[k] = src[k]
+                if t < lengths[b]:
+                    for k in range(P):
+                        ob[k] = src[k]
+                else:
+                    for k in range(P):
+                        ob[k] = zero
         hc, hn = hn, hc
     h_n[:, :] = hc
     c_n[:, :] = c
 
 
 @numba.njit(cache=True, error_model="numpy", parallel=True)
-def layer_parallel(mode, x, w_ih, w_hh, bias, b_hn, h0, c0, lengths, reverse, out, col, h_n, c_n,
-                   ntiles):
+def layer_parallel(mode, x, w_ih, w_hh, bias, b_hn, w_hr, h0, c0, lengths, reverse, out, col, h_n,
+                   c_n, ntiles):
     """As :func:`layer_serial` (``PARALLEL``): each step is one ``prange`` over ``ntiles`` tiles
     of hidden units; a tile computes the recurrent rows of all G gates of its units, then their
-    pointwise update, so the step needs no second barrier."""
+    pointwise update, so the step needs no second barrier. Plain cells only (``w_hr`` empty:
+    :func:`run_prepared` runs a projected LSTM serially)."""
     xp = project(x, w_ih, bias)
     T, B, N = xp.shape
     H = h0.shape[1]
@@ -426,8 +458,10 @@ def layer_parallel(mode, x, w_ih, w_hh, bias, b_hn, h0, c0, lengths, reverse, ou
 
 
 def applies(mode, dtype, w_hr, peepholes):
-    """Whether the fast drivers serve this layer: plain cells, no projection, no peepholes."""
-    return (mode in (cells.RNN_TANH, cells.RNN_RELU, cells.LSTM, cells.GRU) and w_hr is None
+    """Whether the fast drivers serve this layer: plain cells (the LSTM with or without a
+    projection), no peepholes."""
+    return (mode in (cells.RNN_TANH, cells.RNN_RELU, cells.LSTM, cells.GRU)
+            and (w_hr is None or mode == cells.LSTM)
             and peepholes is None and dtype in (np.float32, np.float64))
 
 
@@ -469,31 +503,40 @@ def variant(B, H, G, threads=None):
     return SERIAL
 
 
-def prepare(w_ih, w_hh, b_ih, b_hh, dtype):
+def prepare(w_ih, w_hh, b_ih, b_hh, dtype, w_hr=None):
     """The arrays :func:`run_prepared` takes, computed once per layer version by the backend:
-    ``(w_ih, w_hh, bias, b_hn)`` contiguous in ``dtype``, ``bias = b_ih + b_hh`` but for GRU's
-    n gate (``b_ih`` only; its ``b_hh`` part is ``b_hn``, scaled by the reset gate)."""
+    ``(w_ih, w_hh, bias, b_hn, w_hr)`` contiguous in ``dtype``, ``bias = b_ih + b_hh`` but for
+    GRU's n gate (``b_ih`` only; its ``b_hh`` part is ``b_hn``, scaled by the reset gate);
+    ``w_hr`` the LSTM projection (P, H) or an empty (0, 0) array."""
     dt = np.dtype(dtype)
-    GH, H = w_hh.shape
+    GH = w_hh.shape[0]
+    H = GH // 4 if w_hr is not None else w_hh.shape[1]
     bias = (b_ih + b_hh).astype(dt)
-    if GH == 3 * H:
+    if w_hr is None and GH == 3 * H:
         bias[2 * H:] = b_ih[2 * H:]
         b_hn = np.ascontiguousarray(b_hh[2 * H:], dtype=dt)
     else:
         b_hn = bias[:H]
-    return (np.ascontiguousarray(w_ih, dtype=dt), np.ascontiguousarray(w_hh, dtype=dt), bias, b_hn)
+    w_hr = np.empty((0, 0), dt) if w_hr is None else np.ascontiguousarray(w_hr, dtype=dt)
+    return (np.ascontiguousarray(w_ih, dtype=dt), np.ascontiguousarray(w_hh, dtype=dt), bias, b_hn,
+            w_hr)
 
 
 def run_prepared(mode, x, prepared, h0, c0, lengths, reverse, out, col, h_n, c_n, force=None):
     """One layer and direction of a plain cell with :func:`prepare`'s arrays. ``force`` picks the
-    variant (tests). Returns the variant that ran."""
-    w_ih, w_hh, bias, b_hn = prepared
+    variant (tests); a projected LSTM runs ``SERIAL`` when ``PARALLEL`` is forced. Returns the
+    variant that ran."""
+    w_ih, w_hh, bias, b_hn, w_hr = prepared
     dt = w_hh.dtype
-    GH, H = w_hh.shape
+    GH = w_hh.shape[0]
+    H = c0.shape[-1]
     B = x.shape[1]
     v = variant(B, H, GH // H) if force is None else force
-    args = (mode, np.ascontiguousarray(x), w_ih, w_hh, bias, b_hn, np.ascontiguousarray(h0, dtype=dt),
-            np.ascontiguousarray(c0, dtype=dt), lengths, reverse, out, col, h_n, c_n)
+    if v == PARALLEL and w_hr.shape[0] > 0:
+        v = SERIAL
+    args = (mode, np.ascontiguousarray(x), w_ih, w_hh, bias, b_hn, w_hr,
+            np.ascontiguousarray(h0, dtype=dt), np.ascontiguousarray(c0, dtype=dt), lengths, reverse,
+            out, col, h_n, c_n)
     if v == PARALLEL:
         layer_parallel(*args, numba.get_num_threads())
     else:
@@ -502,7 +545,8 @@ def run_prepared(mode, x, prepared, h0, c0, lengths, reverse, out, col, h_n, c_n
 
 
 def run_layer(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, out, col, h_n, c_n,
-              force=None):
-    """One layer and direction of a plain cell. ``force`` picks the variant (tests)."""
-    return run_prepared(mode, x, prepare(w_ih, w_hh, b_ih, b_hh, x.dtype), h0, c0, lengths, reverse,
-                        out, col, h_n, c_n, force)
+              force=None, w_hr=None):
+    """One layer and direction of a plain cell (``w_hr``: the LSTM projection, or None).
+    ``force`` picks the variant (tests)."""
+    return run_prepared(mode, x, prepare(w_ih, w_hh, b_ih, b_hh, x.dtype, w_hr), h0, c0, lengths,
+                        reverse, out, col, h_n, c_n, force)

@@ -126,7 +126,7 @@ def forward(mode, x, params, h0, c0, lengths, num_directions, opts=None, peephol
             w_ih, w_hh, b_ih, b_hh, w_hr = params[k]
             if fast.applies(mode, dt, w_hr, peepholes):
                 prep = prepared[k] if prepared is not None and prepared[k] is not None else \
-                    fast.prepare(w_ih, w_hh, b_ih, b_hh, dt)
+                    fast.prepare(w_ih, w_hh, b_ih, b_hh, dt, w_hr)
                 fast.run_prepared(mode, inp, prep, h0[k], c0[k], lengths, d == 1, out, d * P, h_n[k], c_n[k])
                 continue
             xp = _project(inp, w_ih, b_ih)
