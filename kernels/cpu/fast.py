@@ -1,5 +1,6 @@
 """Fast path of the CPU recurrence for the plain cells (``RNN_TANH``, ``RNN_RELU``, ``LSTM``,
-``GRU``) without projection or peepholes: the common case, and the one the benchmark times.
+``GRU``), the LSTM with or without ``proj_size``, no peepholes: the common case, and the one the
+benchmark times.
 
 Legend: T time, B batch, H hidden, G gates, N = G*H.
 
