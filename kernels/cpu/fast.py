@@ -463,7 +463,7 @@ def applies(mode, dtype, w_hr, peepholes):
     projection), no peepholes."""
     return (mode in (cells.RNN_TANH, cells.RNN_RELU, cells.LSTM, cells.GRU)
             and (w_hr is None or mode == cells.LSTM)
-            and peepholes is None and dtype in (np.float32, np.float64))
+            and peepholes is None and np.dtype(dtype).char in "fd" and np.dtype(dtype).isnative)
 
 
 _PARALLEL_OK = []

@@ -116,8 +116,7 @@ def forward(mode, x, params, h0, c0, lengths, num_directions, opts=None, peephol
     dt = x.dtype
     h_n = np.empty((L * D, B, P), dtype=dt)
     c_n = np.empty((L * D, B, H), dtype=dt)
-    empty = np.empty((0, 0), dtype=dt)
-    opts = np.zeros(cells.OPTS_SIZE, dtype=dt) if opts is None else np.asarray(opts, dtype=dt)
+    empty = None  # the generic driver's "none" array and options, made when it first runs
     inp = x
     for layer in range(L):
         out = np.empty((T, B, D * P), dtype=dt)
@@ -129,6 +128,9 @@ def forward(mode, x, params, h0, c0, lengths, num_directions, opts=None, peephol
                     fast.prepare(w_ih, w_hh, b_ih, b_hh, dt, w_hr)
                 fast.run_prepared(mode, inp, prep, h0[k], c0[k], lengths, d == 1, out, d * P, h_n[k], c_n[k])
                 continue
+            if empty is None:
+                empty = np.empty((0, 0), dtype=dt)
+                opts = np.zeros(cells.OPTS_SIZE, dtype=dt) if opts is None else np.asarray(opts, dtype=dt)
             xp = _project(inp, w_ih, b_ih)
             w_hr_t = empty if w_hr is None else np.ascontiguousarray(w_hr.T)
             run = recur
