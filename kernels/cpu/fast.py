@@ -497,6 +497,13 @@ def variant(B, H, G, threads=None):
     (forced-variant sweep, LSTM µs per step, one thread vs BLAS: B=16 H=256 283 vs 327, B=64 H=256
     1187 vs 1023, B=16 H=512 1136 vs 1121), and at batch 1 from 0.5M (its sgemv streams W_hh
     faster than the hand-written dot products). ``threads`` is accepted for compatibility and ignored.
+
+    Also measured and not offered: the batch cut into one run of sequences per thread, each
+    running all T steps (the threads meet once per layer, not per step). On its own it gave
+    1.1-1.3x at B >= 16, H >= 256, but after any multi-threaded BLAS call in the previous
+    ~0.2 s (its own input projection, or the caller's matmul) OpenBLAS's workers still spin on
+    the second core, and a split layer then took ~8 ms whatever its size (LSTM B=4 H=64 T=100:
+    8.0 ms, one thread 1.3 ms).
     """
     macs = B * H * G * H
     if macs >= BLAS_MACS or (B == 1 and macs >= BLAS_MACS_B1):
