@@ -61,8 +61,9 @@ def parse_args(argv=None):
                    help="B in {1, 64}, T = 50, H in {64, 512}, fewer rounds")
     p.add_argument("--budget", default=1.0, type=float,
                    help="about the seconds of timed calls per shape and library (5 to 11 rounds)")
-    p.add_argument("--settle", default=0.05, type=float,
-                   help="seconds of pause before each library's turn in a round")
+    p.add_argument("--settle", default=0.3, type=float,
+                   help="seconds of pause before each library's turn in a round (thread pools "
+                        "spin up to ~0.2 s after their last call)")
     p.add_argument("--libs", default="gpu_rnn,torch,ort", help="comma list of gpu_rnn, torch, ort")
     p.add_argument("--csv", default=None, help="write the rows as CSV here (and the machine and command "
                    "beside it, same name ending in .json)")
@@ -182,7 +183,7 @@ def make_ort(cell, layer, threads):
 
 # -- one shape ----------------------------------------------------------------------------------
 
-def bench_shape(np, cell, B, T, H, libs, threads, budget, ceil, settle=0.05):
+def bench_shape(np, cell, B, T, H, libs, threads, budget, ceil, settle=0.3):
     x = np.random.default_rng(B * 1000 + T + H).standard_normal((T, B, H), dtype=np.float32)
     layer, ours = make_ours(cell, H, seed=H + B)
     runs = {}
@@ -199,8 +200,10 @@ def bench_shape(np, cell, B, T, H, libs, threads, budget, ceil, settle=0.05):
         if not err < 1e-3:
             raise RuntimeError(f"{cell} B={B} T={T} H={H}: {name} differs from gpu_rnn by {err:.3g}")
     one = {k: min(_timeit(lambda: f(x)) for _ in range(3)) for k, f in runs.items()}
-    # each round: every library in turn, a short pause first (a pool that spins after its last
-    # call must not steal a core from the next library), then ~20 ms of calls, each timed
+    # each round: every library in turn, a pause first: a pool that spins after its last call must
+    # not steal a core from the next library (OpenBLAS's workers spin ~0.2 s after a call: with a
+    # 0.05 s pause the next library ran up to 3x slower on 2 cores, whichever it was), then
+    # ~20 ms of calls, each timed
     chunk = {k: max(1, int(0.02 / max(v, 1e-6))) for k, v in one.items()}
     rounds = int(min(11, max(5, budget / max(max(one.values()), 0.02))))
     times = {k: [] for k in runs}
