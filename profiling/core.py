@@ -86,7 +86,16 @@ def _cpu_prepared_projection(args, kwargs):
         return None
     xc = np.ascontiguousarray(args[1])
     w_ih, _, bias = args[2][:3]
-    return lambda: project(xc, w_ih, bias)
+    T, B, I = xc.shape
+    N = w_ih.shape[0]
+    blas = True
+    variant, projection_blas = getattr(fast, "variant", None), getattr(fast, "projection_blas", None)
+    if variant is not None and projection_blas is not None and len(args) > 4:
+        H = np.shape(args[4])[-1]  # c0 (B, H)
+        force = kwargs.get("force", args[11] if len(args) > 11 else None)
+        v = variant(B, H, N // H) if force is None else force
+        blas = projection_blas(T, B, I, N, v)
+    return lambda: project(xc, w_ih, bias, blas)  # as the layer made it: BLAS or its own product
 
 
 #: backend -> [(module, function name, key function[, split])]: the kernel entry points wrapped

@@ -511,6 +511,12 @@ def variant(B, H, G, threads=None):
     return SERIAL
 
 
+def projection_blas(T, B, I, N, v):
+    """Whether the layer that variant ``v`` runs makes its input projection with BLAS (as
+    :func:`layer_serial` and :func:`layer_parallel` decide), for a profiler that times it apart."""
+    return v != SERIAL or T * B * I * N > PROJECT_BLAS_MACS
+
+
 def prepare(w_ih, w_hh, b_ih, b_hh, dtype, w_hr=None):
     """The arrays :func:`run_prepared` takes, computed once per layer version by the backend:
     ``(w_ih, w_hh, bias, b_hn, w_hr)`` contiguous in ``dtype``, ``bias = b_ih + b_hh`` but for
