@@ -53,11 +53,11 @@ DEFAULTS = {
     "cell": ["lstm"], "batch": [1, 16, 64], "seq_len": [100], "input_size": [0], "hidden": [64, 256],
     "layers": [1], "bidirectional": [False], "proj_size": [0], "dtype": ["float32"], "backend": ["auto"],
     "compare": [], "repeats": 20, "warmup": 3, "rounds": 3, "lengths": False, "budget": 0.0,
-    "threads": 0, "time_limit": 0.0,
+    "threads": 0, "time_limit": 0.0, "settle": None,
 }
 QUICK = {
     "cell": ["lstm", "gru", "rnn"], "batch": [1, 8], "seq_len": [16], "hidden": [32, 64],
-    "repeats": 6, "warmup": 1, "rounds": 2, "budget": 0.5,
+    "repeats": 6, "warmup": 1, "rounds": 2, "budget": 0.5, "settle": 0.05,
 }
 LIST_KEYS = ("cell", "batch", "seq_len", "input_size", "hidden", "layers", "bidirectional", "proj_size",
              "dtype", "backend", "compare")
@@ -184,6 +184,9 @@ def build_parser():
     p.add_argument("--rounds", help="split the repeats in rounds, implementations interleaved [3]")
     p.add_argument("--budget", help="seconds per configuration, implementation and round: fewer "
                    "repeats (never under 3) for slow calls; 0 for none [0; --quick 0.5]")
+    p.add_argument("--settle", help="seconds of pause before each implementation's turn, so that a "
+                   "thread pool still spinning after the last one's call (OpenBLAS: ~0.2 s) does not "
+                   "share its cores [0.3 on a CPU with baselines to compare, else 0; --quick 0.05]")
     p.add_argument("--time-limit", dest="time_limit",
                    help="seconds after which no new configuration starts (the first always runs); 0 for none [0]")
     p.add_argument("--threads", help="CPU threads for gpu_rnn (numba), torch and ONNX Runtime alike; "
@@ -248,7 +251,9 @@ def resolve_settings(args):
         if isinstance(v, bool) or iv < lo or float(v) != iv:
             raise UsageError(f"--{key} takes an integer >= {lo}, got {v!r}")
         s[key] = iv
-    for key in ("budget", "time_limit"):
+    for key in ("budget", "time_limit", "settle"):
+        if key == "settle" and s.get(key) is None:
+            continue
         flag = "--" + key.replace("_", "-")
         try:
             s[key] = float(s[key])
@@ -343,6 +348,9 @@ def run_config(c, s, progress=None, seed=0):
     prepared = {}
     ref = None
     impls = [f"gpu_rnn:{b}" for b in backends] + list(s["compare"])
+    settle = s.get("settle")
+    if settle is None:
+        settle = 0.3 if device == "cpu" and len(impls) > 1 else 0.0
     for r, n in enumerate(per):
         order = impls[r % len(impls):] + impls[:r % len(impls)]  # rotate who goes first
         for impl in order:
@@ -350,6 +358,8 @@ def run_config(c, s, progress=None, seed=0):
                 if progress:
                     progress.update(1)
                 continue
+            if settle:
+                time.sleep(settle)  # the previous implementation's spinning threads go quiet
             warmup = s["warmup"] if r == 0 else 1
             if impl.startswith("gpu_rnn:"):
                 backend = impl.split(":", 1)[1]

@@ -628,17 +628,18 @@ def test_benchmarks_md_is_rendered_from_the_committed_csv():
     md = os.path.join(ROOT, "BENCHMARKS.md")
     text = open(md).read()
     blocks = render.sourced_blocks(text, ROOT)
-    assert "bench_cpu" in [name for name, _, _ in blocks]
+    sources = {name: path for name, path, _ in blocks}
+    assert "bench_cpu" in sources
     fresh, bodies = render.render_file(md, check=True)
     assert fresh, "BENCHMARKS.md is out of date: python -m gpu_rnn.profiling.render BENCHMARKS.md"
     body = "\n".join(bodies["bench_cpu"])
     # the machine and command lines come from the JSON beside the CSV
-    with open(os.path.join(ROOT, "benchmarks", "cpu-2026-11-27.json")) as f:
+    with open(os.path.splitext(sources["bench_cpu"])[0] + ".json") as f:
         meta = json.load(f)
     assert f"Machine: {meta['machine']}." in body
     assert f"`{meta['command']}` ({meta['seconds']:.0f} s). {meta['note']}" in body
     # the first data row of the CSV is line 2 and carries its number
-    with open(os.path.join(ROOT, "benchmarks", "cpu-2026-11-27.csv"), newline="") as f:
+    with open(sources["bench_cpu"], newline="") as f:
         first = next(csv.DictReader(f))
     assert (f"| {first['cell']} | {first['B']} | {first['T']} | {first['H']} | "
             f"{float(first['gpu_rnn_us']):.2f} | ") in body and body.count(" |\n") >= 54
