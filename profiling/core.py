@@ -76,7 +76,7 @@ def _cuda_key(name, stream_index, counter):
 
 def _cpu_prepared_projection(args, kwargs):
     """The input projection of ``fast.run_prepared(mode, x, prepared, ...)`` (``prepared`` =
-    ``(w_ih, w_hh, bias, b_hn, w_hr)`` from ``fast.prepare``) as a callable, or None."""
+    ``(w_ih, w_hh, bias, b_hn, w_hr, wp)`` from ``fast.prepare``) as a callable, or None."""
     try:
         from gpu_rnn.kernels.cpu import fast
     except ImportError:

@@ -262,12 +262,36 @@ def test_projection_blas_and_own(rng, dtype):
             assert np.abs(got - want).max() <= tol * max(1.0, np.abs(want).max()) * max(1, I) ** 0.5
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_packed_product_against_float64(rng, dtype):
+    """``rows_packed`` on ``pack(W)`` against float64 NumPy over awkward shapes (1, primes, 2^k+1,
+    partial panels): every real entry right, the padding rows and columns exactly zero, nothing
+    left unwritten (the output is poisoned first)."""
+    pw = fast.panel_width(dtype)
+    for B, K, N in [(1, 1, 1), (3, 7, 5), (4, 64, 256), (5, 17, 33), (8, 129, 257), (13, 31, pw + 1)]:
+        h = rng.standard_normal((B, K)).astype(dtype)
+        w = rng.standard_normal((N, K)).astype(dtype)
+        wp = fast.pack(w, dtype)
+        assert wp.shape == (-(-N // pw), K, pw) and wp.dtype == dtype and wp.flags.c_contiguous
+        Bp = -(-B // fast.MR) * fast.MR
+        hp = np.zeros((Bp, K), dtype)
+        hp[:B] = h
+        acc = np.full((Bp, wp.shape[0] * pw), np.nan, dtype)
+        fast.rows_packed(hp, wp, acc)
+        want = h.astype(np.float64) @ w.T.astype(np.float64)
+        tol = 1e-12 if dtype == np.float64 else 2e-6
+        assert np.abs(acc[:B, :N] - want).max() <= tol * max(1.0, np.abs(want).max()) * K ** 0.5
+        assert not np.isnan(acc).any() and not acc[:B, N:].any() and not acc[B:].any()
+
+
 def test_variant_choice():
     assert fast.variant(1, 64, 4) == fast.SERIAL        # tiny: no library call per step
     assert fast.variant(16, 64, 4) == fast.SERIAL
     assert fast.variant(64, 64, 4) == fast.SERIAL
     assert fast.variant(1, 512, 4) == fast.BLAS         # batch 1: sgemv streams W_hh
     assert fast.variant(64, 512, 4) == fast.BLAS
+    assert fast.variant(64, 256, 4) == fast.BLAS        # from B = 32 and 8M multiply-adds
+    assert fast.variant(16, 512, 4) == fast.SERIAL      # the packed blocks beat BLAS up to B = 16
     assert fast.variant(1, 128, 1) == fast.SERIAL
     # the two-thread step is never chosen automatically (slower than one thread, measured)
     for B in (1, 2, 16, 64):

@@ -46,8 +46,10 @@ BLAS = 1      # BLAS sgemm (its own threads) + one pointwise pass
 PARALLEL = 2  # hand-written matmul + pointwise fused per tile of hidden units, tiles over threads
 
 # Multiply-adds per step from which the BLAS's blocked sgemm (its own threads) beats the
-# hand-written one-thread step (see :func:`variant`), and the same at batch 1 (sgemv).
+# hand-written one-thread step, at a batch of at least BLAS_MIN_B (see :func:`variant`), and
+# the same at batch 1 (sgemv).
 BLAS_MACS = 1 << 23
+BLAS_MIN_B = 32
 BLAS_MACS_B1 = 1 << 19
 # The input projection of a SERIAL layer stays on this thread below this many multiply-adds.
 PROJECT_BLAS_MACS = 1 << 21
@@ -268,6 +270,126 @@ def rows_nt(h, w, acc, n0, n1):
             acc[b, n] = s0
 
 
+# -- the packed register-blocked product (the SERIAL step's recurrent matmul) ------------------
+
+#: Rows of ``h`` and vectors of columns per micro-kernel call: a 4 x (2 vectors) block of
+#: accumulators (float32: 4 x 16, float64: 4 x 8), eight vector registers that stay in
+#: registers over the whole K loop.
+MR = 4
+NV = 2
+
+
+def panel_width(dtype):
+    """Columns per packed panel: two SIMD vectors of 256 bits (16 float32, 8 float64)."""
+    return 2 * (32 // np.dtype(dtype).itemsize)
+
+
+def pack(w, dtype):
+    """``W (N, K)`` as panels ``(ceil(N / PW), K, PW)`` of ``W.T``, zero-padded to whole panels:
+    the micro-kernel then reads each panel from one contiguous block, k after k (unpacked,
+    ``W.T``'s rows are 4 KiB apart at N = 1024 and the block's loads fight over a few cache
+    sets: measured 2-4x slower than packed at H = 256)."""
+    dt = np.dtype(dtype)
+    pw = panel_width(dt)
+    N, K = w.shape
+    npan = (N + pw - 1) // pw
+    wt = np.zeros((K, npan * pw), dt)
+    wt[:, :N] = np.asarray(w, dt).T
+    return np.ascontiguousarray(wt.reshape(K, npan, pw).transpose(1, 0, 2))
+
+
+@intrinsic
+def _block(typingctx, h, wp, acc, b0, p):
+    """``acc[b0:b0+4, p*PW:(p+1)*PW] = h[b0:b0+4] @ panel p`` (``PW = 2 * VW``): written in LLVM IR
+    because its eight accumulators must be SIMD registers carried through the k loop (numba's
+    loop vectoriser only widens innermost loops, and leaves the accumulators in memory).
+    Per k: two vector loads of the panel, four broadcasts of ``h``, eight fused multiply-adds.
+    C-contiguous float32 or float64 arrays only; ``h`` has >= b0 + 4 rows."""
+    ok = all(isinstance(a, types.Array) and a.layout == "C" and a.dtype == h.dtype
+             for a in (h, wp, acc)) if isinstance(h, types.Array) else False
+    if not ok or h.dtype not in (types.float32, types.float64) or h.ndim != 2 or wp.ndim != 3 \
+            or acc.ndim != 2:
+        return None
+    sig = types.void(h, wp, acc, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        from numba.core import cgutils
+        hty, wty, aty = signature.args[:3]
+        ha = context.make_array(hty)(context, builder, args[0])
+        wa = context.make_array(wty)(context, builder, args[1])
+        aa = context.make_array(aty)(context, builder, args[2])
+        b0, pidx = args[3], args[4]
+        intp = context.get_value_type(types.intp)
+        et = context.get_value_type(hty.dtype)
+        vw = 8 if hty.dtype == types.float32 else 4
+        vty = ir.VectorType(et, vw)
+        pw = NV * vw
+
+        def c(v):
+            return ir.Constant(intp, v)
+        K = cgutils.unpack_tuple(builder, ha.shape, 2)[1]
+        Na = cgutils.unpack_tuple(builder, aa.shape, 2)[1]
+        name = f"llvm.fmuladd.v{vw}f{64 if vw == 4 else 32}"
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3), name)
+        hrows = [builder.gep(ha.data, [builder.mul(builder.add(b0, c(i)), K)]) for i in range(MR)]
+        panel = builder.gep(wa.data, [builder.mul(pidx, builder.mul(K, c(pw)))])
+        zero = ir.Constant(vty, [0.0] * vw)
+        undef = ir.Constant(vty, ir.Undefined)
+        splat = ir.Constant(ir.VectorType(ir.IntType(32), vw), [0] * vw)
+        entry = builder.block
+        loop = builder.append_basic_block("block.k")
+        done = builder.append_basic_block("block.done")
+        builder.cbranch(builder.icmp_signed(">", K, c(0)), loop, done)
+        builder.position_at_end(loop)
+        k = builder.phi(intp)
+        k.add_incoming(c(0), entry)
+        accs = [[builder.phi(vty) for _ in range(NV)] for _ in range(MR)]
+        for row in accs:
+            for a in row:
+                a.add_incoming(zero, entry)
+        wk = builder.gep(panel, [builder.mul(k, c(pw))])
+        ws = [builder.load(builder.bitcast(builder.gep(wk, [c(vw * j)]), vty.as_pointer()), align=4)
+              for j in range(NV)]
+        new = []
+        for i in range(MR):
+            hv = builder.load(builder.gep(hrows[i], [k]))
+            sp = builder.shuffle_vector(builder.insert_element(undef, hv, ir.Constant(ir.IntType(32), 0)),
+                                        undef, splat)
+            new.append([builder.call(fma, [sp, ws[j], accs[i][j]]) for j in range(NV)])
+        k1 = builder.add(k, c(1))
+        last = builder.block
+        k.add_incoming(k1, last)
+        for i in range(MR):
+            for j in range(NV):
+                accs[i][j].add_incoming(new[i][j], last)
+        builder.cbranch(builder.icmp_signed("<", k1, K), loop, done)
+        builder.position_at_end(done)
+        res = [[builder.phi(vty) for _ in range(NV)] for _ in range(MR)]
+        for i in range(MR):
+            for j in range(NV):
+                res[i][j].add_incoming(zero, entry)
+                res[i][j].add_incoming(new[i][j], last)
+        for i in range(MR):
+            arow = builder.gep(aa.data, [builder.add(builder.mul(builder.add(b0, c(i)), Na),
+                                                     builder.mul(pidx, c(pw)))])
+            for j in range(NV):
+                builder.store(res[i][j], builder.bitcast(builder.gep(arow, [c(vw * j)]), vty.as_pointer()),
+                              align=4)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@_jit
+def rows_packed(h, wp, acc):
+    """``acc = h @ W.T`` for ``wp = pack(W)``: ``h (Bp, K)`` with ``Bp`` a multiple of 4 (padding
+    rows of zeros give zeros), ``acc (Bp, npanels * PW)`` (padding columns come out 0). One
+    register block per 4 rows and panel: 30-38 GMAC/s on one AVX2 core at B >= 4, against 15-25
+    for :func:`rows_nt` (the dot products' horizontal sums cost most at small K)."""
+    for b in range(0, h.shape[0], MR):
+        for p in range(wp.shape[0]):
+            _block(h, wp, acc, b, p)
+
+
 # -- the pointwise update -----------------------------------------------------------------------
 
 @_jit
@@ -364,8 +486,8 @@ def project(x, w_ih, bias, blas=True):
 
 
 @_jit
-def layer_serial(mode, x, w_ih, w_hh, bias, b_hn, w_hr, h0, c0, lengths, reverse, out, col, h_n,
-                 c_n, use_blas):
+def layer_serial(mode, x, w_ih, w_hh, bias, b_hn, w_hr, wp, h0, c0, lengths, reverse, out, col,
+                 h_n, c_n, use_blas):
     """One layer, one direction, all steps, one thread (but the BLAS's own); plain cells and the
     LSTM with a projection.
 
@@ -374,9 +496,14 @@ def layer_serial(mode, x, w_ih, w_hh, bias, b_hn, w_hr, h0, c0, lengths, reverse
     bias    (G*H,)  ``b_ih + b_hh``, but for GRU's n gate ``b_ih`` only
     b_hn    (H,)    GRU: ``b_hh[2H:3H]`` (the reset gate scales it); ignored otherwise
     w_hr    (P, H)  LSTM projection ``W_hr`` as stored, or an empty (0, 0) array for none (P = H)
+    wp      ``pack(w_hh)``: the panels :func:`rows_packed` reads
     h0 (B, P), c0 (B, H); lengths (B,) int64 as in ``recurrence.recur``
     out     (T, B, D*P), this direction at ``col``; h_n (B, P), c_n (B, H) written
-    use_blas  True: ``np.dot`` per step (``BLAS``), False: :func:`rows_nt` (``SERIAL``)
+    use_blas  True: ``np.dot`` per step (``BLAS``), False (``SERIAL``): :func:`rows_packed` on
+            state buffers padded to a multiple of 4 rows with zeros (the padding rows are never
+            updated, and the pointwise pass reads only the first B rows), or at B = 1
+            :func:`rows_nt` (a register block would spend three quarters of its work on padding:
+            measured 41 vs 34 µs a step, LSTM H = 256)
 
     With a projection the pointwise pass writes the unprojected ``o * tanh(c)`` to a scratch
     state, one more product projects it, and a last pass per sequence takes the projected state
@@ -388,20 +515,28 @@ def layer_serial(mode, x, w_ih, w_hh, bias, b_hn, w_hr, h0, c0, lengths, reverse
     H = c0.shape[1]
     P = h0.shape[1]
     has_proj = w_hr.shape[0] > 0
-    hc = h0.copy()
-    hn = np.empty_like(hc)
+    packed = not use_blas and B > 1
+    Bp = (B + MR - 1) // MR * MR if packed else B
+    hc_all = np.zeros((Bp, P), dtype=xp.dtype)
+    hn_all = np.zeros((Bp, P), dtype=xp.dtype)
+    hc_all[:B] = h0
     c = c0.copy()
-    acc = np.empty((B, N), dtype=xp.dtype)
-    hraw = np.empty((B, H), dtype=xp.dtype) if has_proj else hn
-    junk = np.empty((B, H), dtype=xp.dtype) if has_proj else hn
-    hp = np.empty((B, P), dtype=xp.dtype) if has_proj else hn
+    acc_all = np.empty((Bp, wp.shape[0] * wp.shape[2]) if packed else (B, N), dtype=xp.dtype)
+    acc = acc_all[:B]
+    hraw = np.empty((B, H) if has_proj else (0, 0), dtype=xp.dtype)
+    junk = np.empty((B, H) if has_proj else (0, 0), dtype=xp.dtype)
+    hp = np.empty((B, P) if has_proj else (0, 0), dtype=xp.dtype)
     zero = np.zeros(1, dtype=xp.dtype)[0]
     for s in range(T):
         t = T - 1 - s if reverse else s
+        hc = hc_all[:B]
+        hn = hn_all[:B]
         if use_blas:
-            np.dot(hc, w_hh.T, acc)
+            np.dot(hc, w_hh.T, acc_all)
+        elif packed:
+            rows_packed(hc_all, wp, acc_all)
         else:
-            rows_nt(hc, w_hh, acc, 0, N)
+            rows_nt(hc, w_hh, acc_all, 0, N)
         if not has_proj:
             point_tile(mode, xp[t], acc, b_hn, hc, hn, c, lengths, t, out[t], col, 0, H)
         else:
@@ -422,14 +557,14 @@ def layer_serial(mode, x, w_ih, w_hh, bias, b_hn, w_hr, h0, c0, lengths, reverse
                 else:
                     for k in range(P):
                         ob[k] = zero
-        hc, hn = hn, hc
-    h_n[:, :] = hc
+        hc_all, hn_all = hn_all, hc_all
+    h_n[:, :] = hc_all[:B]
     c_n[:, :] = c
 
 
 @numba.njit(cache=True, error_model="numpy", parallel=True)
-def layer_parallel(mode, x, w_ih, w_hh, bias, b_hn, w_hr, h0, c0, lengths, reverse, out, col, h_n,
-                   c_n, ntiles):
+def layer_parallel(mode, x, w_ih, w_hh, bias, b_hn, w_hr, wp, h0, c0, lengths, reverse, out, col,
+                   h_n, c_n, ntiles):
     """As :func:`layer_serial` (``PARALLEL``): each step is one ``prange`` over ``ntiles`` tiles
     of hidden units; a tile computes the recurrent rows of all G gates of its units, then their
     pointwise update, so the step needs no second barrier. Plain cells only (``w_hr`` empty:
@@ -489,14 +624,16 @@ def parallel_ok():
 def variant(B, H, G, threads=None):
     """``SERIAL`` or ``BLAS`` for a step of ``B * H * G*H`` multiply-adds.
 
-    Measured on a quiet 2-core machine (2026-11-27, ``profiling/bench_cpu.py`` and a forced-variant
-    sweep): the two-thread step (``PARALLEL``, one fork/join per step) was slower than one thread
-    at every shape tried (B=1 H=512 LSTM: 327 vs 158 µs per step; B=16 H=64: 160 vs 28), so the
-    automatic choice never takes it; it stays available to ``force`` and to the tests. With the
-    4 x 2 register blocks of :func:`rows_nt`, BLAS pays from about 8M multiply-adds a step
-    (forced-variant sweep, LSTM µs per step, one thread vs BLAS: B=16 H=256 283 vs 327, B=64 H=256
-    1187 vs 1023, B=16 H=512 1136 vs 1121), and at batch 1 from 0.5M (its sgemv streams W_hh
-    faster than the hand-written dot products). ``threads`` is accepted for compatibility and ignored.
+    Measured on a 2-core machine (2026-11-27, ``profiling/bench_cpu.py`` and forced-variant
+    sweeps, each variant in its own process): the two-thread step (``PARALLEL``, one fork/join
+    per step) was slower than one thread at every shape tried (B=1 H=512 LSTM: 327 vs 158 µs per
+    step; B=16 H=64: 160 vs 28), so the automatic choice never takes it; it stays available to
+    ``force`` and to the tests. With the packed register blocks of :func:`rows_packed` one thread
+    beats the BLAS's two up to B = 16 at every size of the grid (LSTM µs per step, one thread vs
+    BLAS: B=16 H=256 212-233 vs 295-299, B=16 H=512 812 vs 1044-1080), and BLAS pays from
+    B = 32 and 8M multiply-adds a step (B=32 H=256 548 vs 488, B=64 H=256 913-920 vs 828-835,
+    B=64 H=512 3981 vs 3010); at batch 1 from 0.5M (its sgemv streams ``W_hh`` faster than the
+    hand-written dot products). ``threads`` is accepted for compatibility and ignored.
 
     Also measured and not offered: the batch cut into one run of sequences per thread, each
     running all T steps (the threads meet once per layer, not per step). On its own it gave
@@ -506,7 +643,7 @@ def variant(B, H, G, threads=None):
     8.0 ms, one thread 1.3 ms).
     """
     macs = B * H * G * H
-    if macs >= BLAS_MACS or (B == 1 and macs >= BLAS_MACS_B1):
+    if (B >= BLAS_MIN_B and macs >= BLAS_MACS) or (B == 1 and macs >= BLAS_MACS_B1):
         return BLAS
     return SERIAL
 
@@ -519,9 +656,10 @@ def projection_blas(T, B, I, N, v):
 
 def prepare(w_ih, w_hh, b_ih, b_hh, dtype, w_hr=None):
     """The arrays :func:`run_prepared` takes, computed once per layer version by the backend:
-    ``(w_ih, w_hh, bias, b_hn, w_hr)`` contiguous in ``dtype``, ``bias = b_ih + b_hh`` but for
+    ``(w_ih, w_hh, bias, b_hn, w_hr, wp)`` contiguous in ``dtype``, ``bias = b_ih + b_hh`` but for
     GRU's n gate (``b_ih`` only; its ``b_hh`` part is ``b_hn``, scaled by the reset gate);
-    ``w_hr`` the LSTM projection (P, H) or an empty (0, 0) array."""
+    ``w_hr`` the LSTM projection (P, H) or an empty (0, 0) array; ``wp`` ``W_hh`` packed for
+    :func:`rows_packed`."""
     dt = np.dtype(dtype)
     GH = w_hh.shape[0]
     H = GH // 4 if w_hr is not None else w_hh.shape[1]
@@ -532,15 +670,15 @@ def prepare(w_ih, w_hh, b_ih, b_hh, dtype, w_hr=None):
     else:
         b_hn = bias[:H]
     w_hr = np.empty((0, 0), dt) if w_hr is None else np.ascontiguousarray(w_hr, dtype=dt)
-    return (np.ascontiguousarray(w_ih, dtype=dt), np.ascontiguousarray(w_hh, dtype=dt), bias, b_hn,
-            w_hr)
+    w_hh = np.ascontiguousarray(w_hh, dtype=dt)
+    return (np.ascontiguousarray(w_ih, dtype=dt), w_hh, bias, b_hn, w_hr, pack(w_hh, dt))
 
 
 def run_prepared(mode, x, prepared, h0, c0, lengths, reverse, out, col, h_n, c_n, force=None):
     """One layer and direction of a plain cell with :func:`prepare`'s arrays. ``force`` picks the
     variant (tests); a projected LSTM runs ``SERIAL`` when ``PARALLEL`` is forced. Returns the
     variant that ran."""
-    w_ih, w_hh, bias, b_hn, w_hr = prepared
+    w_ih, w_hh, bias, b_hn, w_hr, wp = prepared
     dt = w_hh.dtype
     GH = w_hh.shape[0]
     H = c0.shape[-1]
@@ -548,7 +686,7 @@ def run_prepared(mode, x, prepared, h0, c0, lengths, reverse, out, col, h_n, c_n
     v = variant(B, H, GH // H) if force is None else force
     if v == PARALLEL and w_hr.shape[0] > 0:
         v = SERIAL
-    args = (mode, np.ascontiguousarray(x), w_ih, w_hh, bias, b_hn, w_hr,
+    args = (mode, np.ascontiguousarray(x), w_ih, w_hh, bias, b_hn, w_hr, wp,
             np.ascontiguousarray(h0, dtype=dt), np.ascontiguousarray(c0, dtype=dt), lengths, reverse,
             out, col, h_n, c_n)
     if v == PARALLEL:
