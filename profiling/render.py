@@ -180,7 +180,10 @@ def bench_cpu_table(rows, meta=None):
         lines.append(cells)
     out += _md(header, lines)
     wins = sum(1 for r in rows if _num(r["ratio"]) >= 1.0)
-    out += ["", f"gpu_rnn at least as fast as the faster baseline on {wins} of {len(rows)} shapes "
+    ratios = [_num(r["ratio"]) for r in rows if _num(r["ratio"]) > 0]
+    geo = math.exp(sum(math.log(v) for v in ratios) / len(ratios)) if ratios else float("nan")
+    out += ["", f"gpu_rnn at least as fast as the faster baseline on {wins} of {len(rows)} shapes; "
+            f"geometric mean of the speed-ups {geo:.2f}× "
             "(speed-up = faster baseline's time / gpu_rnn's time; medians of interleaved rounds)."]
     return out
 

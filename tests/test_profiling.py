@@ -672,7 +672,7 @@ def test_bench_cpu_writes_csv_and_sidecar_and_renders_benchmarks_from_them(tmp_p
     assert "Command: `python -m gpu_rnn.profiling.bench_cpu --quick` (12 s). float32, one layer, I = H." in text
     assert "| LSTM | 1 | 50 | 64 | 6.00 | 9.00 | 3.00 | 0.50× | 2.50 (bytes) | 42% | 2 |" in text
     assert "| RNN | 16 | 100 | 64 | 12.35 | 40.00 | 30.00 | 2.43× | 1.86 (flops) | 15% | 3 |" in text
-    assert "at least as fast as the faster baseline on 1 of 2 shapes" in text
+    assert "at least as fast as the faster baseline on 1 of 2 shapes; geometric mean of the speed-ups 1.10×" in text
     assert "Source: `bench/cpu.csv`" in text and "`bench/cpu.json`" in text
     assert json.loads((tmp_path / "bench" / "cpu.json").read_text())["seconds"] == 12.4
     assert md == (tmp_path / "table.md").read_text() and "| 2 |" in md
