@@ -169,17 +169,12 @@ def generate(layer, x0, steps, hx=None, *, head=None, embedding=None, backend=No
     return outputs, state
 
 
-_HOST_CACHE = weakref.WeakKeyDictionary()
-
-
 def _host_params(layer, dt):
-    key = (layer.version, dt.str)
-    hit = _HOST_CACHE.get(layer)
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    params = [tuple(None if a is None else np.ascontiguousarray(a, dtype=dt) for a in p) for p in layer.params()]
-    _HOST_CACHE[layer] = (key, params)
-    return params
+    """``(params, prepared)``: the layer's weights in ``dt`` and the CPU fast path's prepared
+    arrays (contiguous, biases summed, ``W_hh`` packed), made once per weight version and kept on
+    the layer by the CPU backend, not once per generated step."""
+    from .backends.cpu import CpuBackend
+    return CpuBackend._weights(layer, dt)
 
 
 def _generate_cpu(layer, spec, x0, head, embedding):
@@ -192,7 +187,7 @@ def _generate_cpu(layer, spec, x0, head, embedding):
     dt = np.dtype(layer.dtype)
     B, L, H, P, V, steps = spec.B, spec.L, spec.H, spec.P, spec.V, spec.steps
     mode = cells.MODES[layer.mode]
-    params = _host_params(layer, dt)
+    params, prepared = _host_params(layer, dt)
     emb_w = None if embedding is None else np.ascontiguousarray(embedding.weight, dtype=dt)
     if spec.token_start:
         tok0 = np.asarray(to_host(x0, "x0")).reshape(B).astype(np.int64)
@@ -214,7 +209,7 @@ def _generate_cpu(layer, spec, x0, head, embedding):
     outputs = np.empty((steps, B, V), dt)
     tokens = np.zeros((steps, B), np.int64)
     for t in range(steps):
-        y, h, c = kcpu.step(mode, x, params, h, c)
+        y, h, c = kcpu.step(mode, x, params, h, c, prepared)
         if w_t is not None:
             np.dot(y, w_t, out=outputs[t])
             if bias is not None:

@@ -204,6 +204,28 @@ def test_generate_float32_long(rng):
     assert_close32(out, want)
 
 
+def test_generate_prepares_weights_once(rng, monkeypatch):
+    """The CPU loop prepares (packs, sums biases of) each layer's weights once per weight version,
+    not once per generated step; new weights are picked up."""
+    from gpu_rnn.kernels.cpu import fast
+    calls = []
+    real = fast.prepare
+    monkeypatch.setattr(fast, "prepare", lambda *a, **k: calls.append(1) or real(*a, **k))
+    layer = make("LSTM", 5, 5, L=2, dtype="float32", seed=13)
+    x0 = rng.standard_normal((3, 5)).astype(np.float32)
+    out, _ = gpu_rnn.generate(layer, x0, 30)
+    assert len(calls) == 2, f"{len(calls)} prepares for 2 layers and 30 steps"
+    gpu_rnn.generate(layer, x0, 30)
+    assert len(calls) == 2
+    sd = layer.state_dict()
+    sd["weight_hh_l1"] = sd["weight_hh_l1"] * 0.5
+    layer.load_state_dict(sd)
+    out2, _ = gpu_rnn.generate(layer, x0, 30)
+    assert len(calls) == 4 and not np.allclose(out, out2)
+    want, _, _, _ = ref_generate(layer, x0, 30, None)
+    assert_close32(out2, want)
+
+
 def test_generate_unbatched(rng):
     layer = make("LSTM", 3, 3, seed=12)
     x0 = rng.standard_normal(3)

@@ -143,9 +143,10 @@ def forward(mode, x, params, h0, c0, lengths, num_directions, opts=None, peephol
     return inp, h_n, c_n
 
 
-def step(mode, x, params, h0, c0):
-    """One time step of the whole stack: x (B, I) -> y (B, P), h (L, B, P), c (L, B, H)."""
+def step(mode, x, params, h0, c0, prepared=None):
+    """One time step of the whole stack: x (B, I) -> y (B, P), h (L, B, P), c (L, B, H).
+    ``prepared`` as in :func:`forward` (a caller that steps many times keeps it)."""
     B = x.shape[0]
     lengths = np.ones(B, dtype=np.int64)
-    out, h, c = forward(mode, x.reshape(1, B, -1), params, h0, c0, lengths, 1)
+    out, h, c = forward(mode, x.reshape(1, B, -1), params, h0, c0, lengths, 1, prepared=prepared)
     return out[0], h, c
