@@ -282,6 +282,15 @@ def test_packed_product_against_float64(rng, dtype):
         tol = 1e-12 if dtype == np.float64 else 2e-6
         assert np.abs(acc[:B, :N] - want).max() <= tol * max(1.0, np.abs(want).max()) * K ** 0.5
         assert not np.isnan(acc).any() and not acc[:B, N:].any() and not acc[B:].any()
+    # shapes the block would read out of bounds are refused before it runs
+    h = np.zeros((4, 5), dtype)
+    wp = fast.pack(np.ones((9, 5), dtype), dtype)
+    with pytest.raises(ValueError, match="rows_packed"):
+        fast.rows_packed(h[:3], wp, np.empty((3, wp.shape[0] * pw), dtype))
+    with pytest.raises(ValueError, match="rows_packed"):
+        fast.rows_packed(h[:, :4].copy(), wp, np.empty((4, wp.shape[0] * pw), dtype))
+    with pytest.raises(ValueError, match="rows_packed"):
+        fast.rows_packed(h, wp, np.empty((4, wp.shape[0] * pw - 1), dtype))
 
 
 def test_variant_choice():

@@ -4,24 +4,25 @@ benchmark times.
 
 Legend: T time, B batch, H hidden, G gates, N = G*H.
 
-Per step: the recurrent matmul ``h @ W_hh.T`` into a preallocated ``(B, N)`` buffer, then one
-pointwise pass per sequence whose loop over hidden units vectorises (no calls, no branches but
-selects). Three variants of the step (:func:`variant` picks SERIAL or BLAS per layer call):
+Per step: the recurrent matmul ``h @ W_hh.T`` into a preallocated buffer, then one pointwise
+pass per sequence whose loop over hidden units vectorises (no calls, no branches but selects,
+plain views indexed from 0). Three variants of the step (:func:`variant` picks SERIAL or BLAS
+per layer call):
 
-- ``SERIAL``: hand-written dot products (:func:`rows_nt`), one thread: no per-step library
-  call or thread wake-up, for small ``B * H * N`` where a BLAS call's overhead dominates;
-- ``PARALLEL``: the same dot products and the pointwise update fused per tile of hidden units
+- ``SERIAL``, one thread, no per-step library call or thread wake-up: at B >= 2 the packed
+  register blocks of :func:`rows_packed` (``W_hh`` packed once per weight version by
+  :func:`pack`), at B = 1 the dot products of :func:`rows_nt` on ``W_hh`` as stored;
+- ``PARALLEL``: the dot products and the pointwise update fused per tile of hidden units
   (all G gates of units ``j0:j1``), tiles spread over the threads with one ``prange`` per step;
   the hidden state is double-buffered so no tile reads a half-updated ``h``. Never chosen
   automatically (measured slower than one thread, see :func:`variant`); reachable by ``force``;
 - ``BLAS``: ``np.dot(h, W_hh.T, out)`` (threaded by the BLAS) then the pointwise pass, for
-  large steps where a blocked sgemm (or sgemv at batch 1) is worth its call.
+  large batches and steps where a blocked sgemm (or sgemv at batch 1) is worth its call.
 
-The input projection of all steps is one BLAS GEMM inside the same compiled call, so a layer
-costs one dispatch from Python, not one per array operation.
-
-Both read ``W_hh`` in its stored (G*H, H) layout: no per-call transpose (a 4 MiB copy at
-H = 512 would cost more than the steps of a short sequence).
+The input projection of all steps is one GEMM inside the same compiled call (BLAS, or
+:func:`rows_nt` for a small layer), so a layer costs one dispatch from Python, not one per
+array operation. No weight is transposed or packed per call: :func:`prepare` does it once per
+weight version, and the backend keeps the result on the layer.
 
 float32 uses vectorisable activations (``exp32``, ``tanh32``: a few ulp, checked in the tests);
 float64 keeps ``math.exp``/``math.tanh`` and so the reference's precision. The generic driver
@@ -384,7 +385,13 @@ def rows_packed(h, wp, acc):
     """``acc = h @ W.T`` for ``wp = pack(W)``: ``h (Bp, K)`` with ``Bp`` a multiple of 4 (padding
     rows of zeros give zeros), ``acc (Bp, npanels * PW)`` (padding columns come out 0). One
     register block per 4 rows and panel: 30-38 GMAC/s on one AVX2 core at B >= 4, against 15-25
-    for :func:`rows_nt` (the dot products' horizontal sums cost most at small K)."""
+    for :func:`rows_nt` (the dot products' horizontal sums cost most at small K). Shapes are
+    checked once per call: the block itself reads by pointer, unchecked."""
+    pw = 2 * (32 // h.itemsize)
+    if (h.shape[0] % MR != 0 or wp.shape[1] != h.shape[1] or wp.shape[2] != pw
+            or acc.shape[0] != h.shape[0] or acc.shape[1] != wp.shape[0] * pw):
+        raise ValueError("rows_packed: h (Bp, K) with Bp % 4 == 0, wp (panels, K, PW) from pack(), "
+                         "acc (Bp, panels * PW)")
     for b in range(0, h.shape[0], MR):
         for p in range(wp.shape[0]):
             _block(h, wp, acc, b, p)
