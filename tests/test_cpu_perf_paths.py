@@ -265,15 +265,17 @@ def test_projection_blas_and_own(rng, dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_packed_product_against_float64(rng, dtype):
     """``rows_packed`` on ``pack(W)`` against float64 NumPy over awkward shapes (1, primes, 2^k+1,
-    partial panels): every real entry right, the padding rows and columns exactly zero, nothing
-    left unwritten (the output is poisoned first)."""
+    partial panels; one row: blocks of four panels and the rest one by one): every real entry
+    right, the padding rows and columns exactly zero, nothing left unwritten (the output is
+    poisoned first)."""
     pw = fast.panel_width(dtype)
-    for B, K, N in [(1, 1, 1), (3, 7, 5), (4, 64, 256), (5, 17, 33), (8, 129, 257), (13, 31, pw + 1)]:
+    for B, K, N in [(1, 1, 1), (3, 7, 5), (4, 64, 256), (5, 17, 33), (8, 129, 257), (13, 31, pw + 1),
+                    (1, 9, 9 * pw + 3), (1, 64, 8 * pw), (2, 5, 3)]:
         h = rng.standard_normal((B, K)).astype(dtype)
         w = rng.standard_normal((N, K)).astype(dtype)
         wp = fast.pack(w, dtype)
         assert wp.shape == (-(-N // pw), K, pw) and wp.dtype == dtype and wp.flags.c_contiguous
-        Bp = -(-B // fast.MR) * fast.MR
+        Bp = 1 if B == 1 else -(-B // fast.MR) * fast.MR  # one row runs unpadded (1 x 4 panels)
         hp = np.zeros((Bp, K), dtype)
         hp[:B] = h
         acc = np.full((Bp, wp.shape[0] * pw), np.nan, dtype)

@@ -9,9 +9,8 @@ pass per sequence whose loop over hidden units vectorises (no calls, no branches
 plain views indexed from 0). Three variants of the step (:func:`variant` picks SERIAL or BLAS
 per layer call):
 
-- ``SERIAL``, one thread, no per-step library call or thread wake-up: at B >= 2 the packed
-  register blocks of :func:`rows_packed` (``W_hh`` packed once per weight version by
-  :func:`pack`), at B = 1 the dot products of :func:`rows_nt` on ``W_hh`` as stored;
+- ``SERIAL``, one thread, no per-step library call or thread wake-up: the packed register
+  blocks of :func:`rows_packed` (``W_hh`` packed once per weight version by :func:`pack`);
 - ``PARALLEL``: the dot products and the pointwise update fused per tile of hidden units
   (all G gates of units ``j0:j1``), tiles spread over the threads with one ``prange`` per step;
   the hidden state is double-buffered so no tile reads a half-updated ``h``. Never chosen
@@ -299,22 +298,37 @@ def pack(w, dtype):
     return np.ascontiguousarray(wt.reshape(K, npan, pw).transpose(1, 0, 2))
 
 
-@intrinsic
-def _block(typingctx, h, wp, acc, b0, p):
-    """``acc[b0:b0+4, p*PW:(p+1)*PW] = h[b0:b0+4] @ panel p`` (``PW = 2 * VW``): written in LLVM IR
-    because its eight accumulators must be SIMD registers carried through the k loop (numba's
-    loop vectoriser only widens innermost loops, and leaves the accumulators in memory).
-    Per k: two vector loads of the panel, four broadcasts of ``h``, eight fused multiply-adds.
-    C-contiguous float32 or float64 arrays only; ``h`` has >= b0 + 4 rows."""
+def _block_typer(h, wp, acc):
     ok = all(isinstance(a, types.Array) and a.layout == "C" and a.dtype == h.dtype
              for a in (h, wp, acc)) if isinstance(h, types.Array) else False
     if not ok or h.dtype not in (types.float32, types.float64) or h.ndim != 2 or wp.ndim != 3 \
             or acc.ndim != 2:
         return None
-    sig = types.void(h, wp, acc, types.intp, types.intp)
+    return types.void(h, wp, acc, types.intp, types.intp)
+
+
+def _make_block(mr, pp):
+    """The register block of ``mr`` rows by ``pp`` panels (``mr * pp * NV`` accumulators)."""
+
+    def typer(typingctx, h, wp, acc, b0, p):
+        sig = _block_typer(h, wp, acc)
+        if sig is None:
+            return None
+        return sig, _block_codegen(mr, pp)
+    typer.__name__ = f"_block_{mr}x{pp}"
+    return intrinsic(typer)
+
+
+def _block_codegen(MR, PP):
+    """``acc[b0:b0+MR, p*PW:(p+PP)*PW] = h[b0:b0+MR] @ panels p..p+PP-1`` (``PW = 2 * VW``): written
+    in LLVM IR because its accumulators must be SIMD registers carried through the k loop (numba's
+    loop vectoriser only widens innermost loops, and leaves the accumulators in memory). Per k:
+    ``PP * NV`` vector loads of the panels, ``MR`` broadcasts of ``h``, ``MR * PP * NV`` fused
+    multiply-adds. C-contiguous float32 or float64 arrays only, shapes checked by the caller."""
 
     def codegen(context, builder, signature, args):
         from numba.core import cgutils
+        NVP = NV * PP
         hty, wty, aty = signature.args[:3]
         ha = context.make_array(hty)(context, builder, args[0])
         wa = context.make_array(wty)(context, builder, args[1])
@@ -333,7 +347,8 @@ def _block(typingctx, h, wp, acc, b0, p):
         name = f"llvm.fmuladd.v{vw}f{64 if vw == 4 else 32}"
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3), name)
         hrows = [builder.gep(ha.data, [builder.mul(builder.add(b0, c(i)), K)]) for i in range(MR)]
-        panel = builder.gep(wa.data, [builder.mul(pidx, builder.mul(K, c(pw)))])
+        panels = [builder.gep(wa.data, [builder.mul(builder.add(pidx, c(q)), builder.mul(K, c(pw)))])
+                  for q in range(PP)]
         zero = ir.Constant(vty, [0.0] * vw)
         undef = ir.Constant(vty, ir.Undefined)
         splat = ir.Constant(ir.VectorType(ir.IntType(32), vw), [0] * vw)
@@ -344,56 +359,72 @@ def _block(typingctx, h, wp, acc, b0, p):
         builder.position_at_end(loop)
         k = builder.phi(intp)
         k.add_incoming(c(0), entry)
-        accs = [[builder.phi(vty) for _ in range(NV)] for _ in range(MR)]
+        accs = [[builder.phi(vty) for _ in range(NVP)] for _ in range(MR)]
         for row in accs:
             for a in row:
                 a.add_incoming(zero, entry)
-        wk = builder.gep(panel, [builder.mul(k, c(pw))])
-        ws = [builder.load(builder.bitcast(builder.gep(wk, [c(vw * j)]), vty.as_pointer()), align=4)
-              for j in range(NV)]
+        ws = []
+        for q in range(PP):
+            wk = builder.gep(panels[q], [builder.mul(k, c(pw))])
+            ws += [builder.load(builder.bitcast(builder.gep(wk, [c(vw * j)]), vty.as_pointer()), align=4)
+                   for j in range(NV)]
         new = []
         for i in range(MR):
             hv = builder.load(builder.gep(hrows[i], [k]))
             sp = builder.shuffle_vector(builder.insert_element(undef, hv, ir.Constant(ir.IntType(32), 0)),
                                         undef, splat)
-            new.append([builder.call(fma, [sp, ws[j], accs[i][j]]) for j in range(NV)])
+            new.append([builder.call(fma, [sp, ws[j], accs[i][j]]) for j in range(NVP)])
         k1 = builder.add(k, c(1))
         last = builder.block
         k.add_incoming(k1, last)
         for i in range(MR):
-            for j in range(NV):
+            for j in range(NVP):
                 accs[i][j].add_incoming(new[i][j], last)
         builder.cbranch(builder.icmp_signed("<", k1, K), loop, done)
         builder.position_at_end(done)
-        res = [[builder.phi(vty) for _ in range(NV)] for _ in range(MR)]
+        res = [[builder.phi(vty) for _ in range(NVP)] for _ in range(MR)]
         for i in range(MR):
-            for j in range(NV):
+            for j in range(NVP):
                 res[i][j].add_incoming(zero, entry)
                 res[i][j].add_incoming(new[i][j], last)
         for i in range(MR):
             arow = builder.gep(aa.data, [builder.add(builder.mul(builder.add(b0, c(i)), Na),
                                                      builder.mul(pidx, c(pw)))])
-            for j in range(NV):
+            for j in range(NVP):
                 builder.store(res[i][j], builder.bitcast(builder.gep(arow, [c(vw * j)]), vty.as_pointer()),
                               align=4)
         return context.get_dummy_value()
-    return sig, codegen
+    return codegen
+
+
+_block = _make_block(MR, 1)    # 4 rows x 1 panel: B >= 2 (rows padded to a multiple of 4)
+_block_1x4 = _make_block(1, 4)  # 1 row x 4 panels: batch 1, eight accumulators as above
+_block_1x1 = _make_block(1, 1)  # the last panels at batch 1
 
 
 @_jit
 def rows_packed(h, wp, acc):
     """``acc = h @ W.T`` for ``wp = pack(W)``: ``h (Bp, K)`` with ``Bp`` a multiple of 4 (padding
-    rows of zeros give zeros), ``acc (Bp, npanels * PW)`` (padding columns come out 0). One
-    register block per 4 rows and panel: 30-38 GMAC/s on one AVX2 core at B >= 4, against 15-25
-    for :func:`rows_nt` (the dot products' horizontal sums cost most at small K). Shapes are
-    checked once per call: the block itself reads by pointer, unchecked."""
+    rows of zeros give zeros) or 1, ``acc (Bp, npanels * PW)`` (padding columns come out 0). One
+    register block per 4 rows and panel, or per 4 panels of a single row: 30-44 GMAC/s on one
+    AVX2 core at B >= 4, against 15-25 for :func:`rows_nt` (the dot products' horizontal sums
+    cost most at small K), and 1.1-2x :func:`rows_nt` at B = 1. Shapes are checked once per
+    call: the block itself reads by pointer, unchecked."""
     pw = 2 * (32 // h.itemsize)
-    if (h.shape[0] % MR != 0 or wp.shape[1] != h.shape[1] or wp.shape[2] != pw
+    if ((h.shape[0] % MR != 0 and h.shape[0] != 1) or wp.shape[1] != h.shape[1] or wp.shape[2] != pw
             or acc.shape[0] != h.shape[0] or acc.shape[1] != wp.shape[0] * pw):
-        raise ValueError("rows_packed: h (Bp, K) with Bp % 4 == 0, wp (panels, K, PW) from pack(), "
-                         "acc (Bp, panels * PW)")
+        raise ValueError("rows_packed: h (Bp, K) with Bp % 4 == 0 or Bp = 1, wp (panels, K, PW) from "
+                         "pack(), acc (Bp, panels * PW)")
+    npan = wp.shape[0]
+    if h.shape[0] == 1:  # one row: four panels a block, so eight accumulators again
+        n4 = npan - npan % 4
+        for p in range(0, n4, 4):
+            _block_1x4(h, wp, acc, 0, p)
+        for p in range(n4, npan):
+            _block_1x1(h, wp, acc, 0, p)
+        return
     for b in range(0, h.shape[0], MR):
-        for p in range(wp.shape[0]):
+        for p in range(npan):
             _block(h, wp, acc, b, p)
 
 
@@ -507,10 +538,8 @@ def layer_serial(mode, x, w_ih, w_hh, bias, b_hn, w_hr, wp, h0, c0, lengths, rev
     h0 (B, P), c0 (B, H); lengths (B,) int64 as in ``recurrence.recur``
     out     (T, B, D*P), this direction at ``col``; h_n (B, P), c_n (B, H) written
     use_blas  True: ``np.dot`` per step (``BLAS``), False (``SERIAL``): :func:`rows_packed` on
-            state buffers padded to a multiple of 4 rows with zeros (the padding rows are never
-            updated, and the pointwise pass reads only the first B rows), or at B = 1
-            :func:`rows_nt` (a register block would spend three quarters of its work on padding:
-            measured 41 vs 34 µs a step, LSTM H = 256)
+            state buffers padded to a multiple of 4 rows with zeros at B > 1 (the padding rows
+            are never updated, and the pointwise pass reads only the first B rows)
 
     With a projection the pointwise pass writes the unprojected ``o * tanh(c)`` to a scratch
     state, one more product projects it, and a last pass per sequence takes the projected state
@@ -522,8 +551,8 @@ def layer_serial(mode, x, w_ih, w_hh, bias, b_hn, w_hr, wp, h0, c0, lengths, rev
     H = c0.shape[1]
     P = h0.shape[1]
     has_proj = w_hr.shape[0] > 0
-    packed = not use_blas and B > 1
-    Bp = (B + MR - 1) // MR * MR if packed else B
+    packed = not use_blas
+    Bp = (B + MR - 1) // MR * MR if B > 1 else 1
     hc_all = np.zeros((Bp, P), dtype=xp.dtype)
     hn_all = np.zeros((Bp, P), dtype=xp.dtype)
     hc_all[:B] = h0
@@ -540,10 +569,8 @@ def layer_serial(mode, x, w_ih, w_hh, bias, b_hn, w_hr, wp, h0, c0, lengths, rev
         hn = hn_all[:B]
         if use_blas:
             np.dot(hc, w_hh.T, acc_all)
-        elif packed:
-            rows_packed(hc_all, wp, acc_all)
         else:
-            rows_nt(hc, w_hh, acc_all, 0, N)
+            rows_packed(hc_all, wp, acc_all)
         if not has_proj:
             point_tile(mode, xp[t], acc, b_hn, hc, hn, c, lengths, t, out[t], col, 0, H)
         else:
@@ -639,8 +666,9 @@ def variant(B, H, G, threads=None):
     beats the BLAS's two up to B = 16 at every size of the grid (LSTM µs per step, one thread vs
     BLAS: B=16 H=256 212-233 vs 295-299, B=16 H=512 812 vs 1044-1080), and BLAS pays from
     B = 32 and 8M multiply-adds a step (B=32 H=256 548 vs 488, B=64 H=256 913-920 vs 828-835,
-    B=64 H=512 3981 vs 3010); at batch 1 from 0.5M (its sgemv streams ``W_hh`` faster than the
-    hand-written dot products). ``threads`` is accepted for compatibility and ignored.
+    B=64 H=512 3981 vs 3010); at batch 1 from 0.5M, where its sgemv on two threads streams
+    ``W_hh`` faster than one (B=1 LSTM H=512 84 vs 109-112, GRU H=512 65 vs 70-78; H=256 LSTM
+    40 vs 30-32, GRU 30 vs 20-22). ``threads`` is accepted for compatibility and ignored.
 
     Also measured and not offered: the batch cut into one run of sequences per thread, each
     running all T steps (the threads meet once per layer, not per step). On its own it gave
