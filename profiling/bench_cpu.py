@@ -10,7 +10,7 @@ faster baseline and the shape's fraction of its floor:
   FLOPs = 2 B G H (I + H) per step (input projection and recurrent matmul), the bound at large
   batch; the weights ``G H H * 4`` bytes must be read every step, the bound at batch 1.
 
-    python -m gpu_rnn.profiling.bench_cpu                    # full grid, under 10 minutes
+    python -m gpu_rnn.profiling.bench_cpu                    # full grid, about 10 minutes
     python -m gpu_rnn.profiling.bench_cpu --quick            # a few shapes, about a minute
     python -m gpu_rnn.profiling.bench_cpu --cells LSTM --batch 1,64 --hidden 256 --seq 50
     python -m gpu_rnn.profiling.bench_cpu --csv benchmarks/cpu-DATE.csv --write-benchmarks BENCHMARKS.md

@@ -74,36 +74,27 @@ def _cuda_key(name, stream_index, counter):
     return key
 
 
-def _cpu_prepared_projection(args, kwargs):
+def _cpu_prepared_projection(args, kwargs, ran):
     """The input projection of ``fast.run_prepared(mode, x, prepared, ...)`` (``prepared`` =
-    ``(w_ih, w_hh, bias, b_hn, w_hr, wp)`` from ``fast.prepare``) as a callable, or None."""
-    try:
-        from gpu_rnn.kernels.cpu import fast
-    except ImportError:
-        return None
-    project = getattr(fast, "project", None)
-    if project is None or len(args) < 3:
+    ``(w_ih, w_hh, bias, b_hn, w_hr, wp)`` from ``fast.prepare``), which returned the variant
+    ``ran``, as a callable, with the same call on zero steps; or None."""
+    from gpu_rnn.kernels.cpu import fast
+    if len(args) < 3:
         return None
     xc = np.ascontiguousarray(args[1])
     w_ih, _, bias = args[2][:3]
     T, B, I = xc.shape
-    N = w_ih.shape[0]
-    blas = True
-    variant, projection_blas = getattr(fast, "variant", None), getattr(fast, "projection_blas", None)
-    if variant is not None and projection_blas is not None and len(args) > 4:
-        H = np.shape(args[4])[-1]  # c0 (B, H)
-        force = kwargs.get("force", args[11] if len(args) > 11 else None)
-        v = variant(B, H, N // H) if force is None else force
-        blas = projection_blas(T, B, I, N, v)
+    blas = fast.projection_blas(T, B, I, w_ih.shape[0], ran)
     # as the layer made it (BLAS or its own product); the same call on zero steps is its call
     # overhead (dispatch, allocation), which the layer's fused loop does not pay
-    return (lambda: project(xc, w_ih, bias, blas)), (lambda: project(xc[:0], w_ih, bias, blas))
+    return (lambda: fast.project(xc, w_ih, bias, blas)), (lambda: fast.project(xc[:0], w_ih, bias, blas))
 
 
 #: backend -> [(module, function name, key function[, split])]: the kernel entry points wrapped
 #: as phases. A key function maps a call to ``(phase name, layer, direction, stream)``. A
 #: ``split``, for a kernel that fuses the input projection into the recurrence (phase
-#: ``layer``), maps the call's arguments to a callable that runs the same projection alone:
+#: ``layer``), maps the call's arguments and result to a callable that runs the same projection
+#: alone (and one that runs it on zero steps: its call overhead):
 #: it is timed after the run (outside the timed call) as ``input_gemm``, and ``recurrence`` is
 #: the fused time minus it.
 KERNEL_HOOKS = {
@@ -139,14 +130,16 @@ def _kernel_hooks(base, rec, state, extra_modules=()):
                     return _fn(*args, **kwargs)
                 name, layer, direction, stream = _keyfn(state, args, kwargs)
                 state["hooked"] = True
-                if _split is not None:
-                    state.setdefault("split", []).append(((name, layer, direction), _split, args, kwargs))
                 state["inside"] = True
                 try:
                     with rec.phase(name, layer, direction, stream):
-                        return _fn(*args, **kwargs)
+                        result = _fn(*args, **kwargs)
                 finally:
                     state["inside"] = False
+                if _split is not None:
+                    state.setdefault("split", []).append(((name, layer, direction), _split, args, kwargs,
+                                                          result))
+                return result
 
             for m in (mod,) + tuple(extra_modules):
                 if getattr(m, attr, None) is fn:
@@ -562,9 +555,9 @@ def _split_fused(sample, fused, clock):
     :func:`profile` splits the phase into ``input_gemm`` and ``recurrence`` when every run's
     projection lies strictly within its layer's time, and keeps it fused otherwise."""
     out = []
-    for (name, layer, direction), split, args, kwargs in fused:
+    for (name, layer, direction), split, args, kwargs, result in fused:
         key = (name, layer, direction)
-        run = split(args, kwargs)
+        run = split(args, kwargs, result)
         if run is None or key not in sample:
             continue
         run, overhead = run if isinstance(run, tuple) else (run, None)

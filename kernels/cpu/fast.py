@@ -551,13 +551,12 @@ def layer_serial(mode, x, w_ih, w_hh, bias, b_hn, w_hr, wp, h0, c0, lengths, rev
     H = c0.shape[1]
     P = h0.shape[1]
     has_proj = w_hr.shape[0] > 0
-    packed = not use_blas
-    Bp = (B + MR - 1) // MR * MR if B > 1 else 1
+    Bp = B if use_blas or B == 1 else (B + MR - 1) // MR * MR
     hc_all = np.zeros((Bp, P), dtype=xp.dtype)
     hn_all = np.zeros((Bp, P), dtype=xp.dtype)
     hc_all[:B] = h0
     c = c0.copy()
-    acc_all = np.empty((Bp, wp.shape[0] * wp.shape[2]) if packed else (B, N), dtype=xp.dtype)
+    acc_all = np.empty((B, N) if use_blas else (Bp, wp.shape[0] * wp.shape[2]), dtype=xp.dtype)
     acc = acc_all[:B]
     hraw = np.empty((B, H) if has_proj else (0, 0), dtype=xp.dtype)
     junk = np.empty((B, H) if has_proj else (0, 0), dtype=xp.dtype)
