@@ -76,18 +76,22 @@ def _cuda_key(name, stream_index, counter):
 
 def _cpu_prepared_projection(args, kwargs, ran):
     """The input projection of ``fast.run_prepared(mode, x, prepared, ...)`` (``prepared`` =
-    ``(w_ih, w_hh, bias, b_hn, w_hr, wp)`` from ``fast.prepare``), which returned the variant
-    ``ran``, as a callable, with the same call on zero steps; or None."""
+    ``(w_ih, w_hh, bias, b_hn, w_hr, wp, wip)`` from ``fast.prepare``), which returned the
+    variant ``ran``, as a callable, with the same call on zero steps; or None (``SPLIT`` makes
+    it inside each thread's run, in parallel: one thread's projection of the whole batch is not
+    its share of the layer's time)."""
     from gpu_rnn.kernels.cpu import fast
-    if len(args) < 3:
+    if len(args) < 3 or ran == fast.SPLIT:
         return None
     xc = np.ascontiguousarray(args[1])
     w_ih, _, bias = args[2][:3]
+    wip = args[2][6]
     T, B, I = xc.shape
-    blas = fast.projection_blas(T, B, I, w_ih.shape[0], ran)
-    # as the layer made it (BLAS or its own product); the same call on zero steps is its call
+    # as the layer made it (BLAS or the packed blocks); the same call on zero steps is its call
     # overhead (dispatch, allocation), which the layer's fused loop does not pay
-    return (lambda: fast.project(xc, w_ih, bias, blas)), (lambda: fast.project(xc[:0], w_ih, bias, blas))
+    if fast.projection_blas(T, B, I, w_ih.shape[0], ran):
+        return (lambda: fast.project(xc, w_ih, bias, True)), (lambda: fast.project(xc[:0], w_ih, bias, True))
+    return (lambda: fast.project_packed(xc, wip, bias)), (lambda: fast.project_packed(xc[:0], wip, bias))
 
 
 #: backend -> [(module, function name, key function[, split])]: the kernel entry points wrapped

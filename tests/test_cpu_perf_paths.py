@@ -1,6 +1,6 @@
 """The CPU fast paths (``gpu_rnn.kernels.cpu.fast``) against the float64 reference.
 
-Every variant of the recurrent step (``SERIAL``, ``BLAS``, ``PARALLEL``) is forced in turn and
+Every variant of the recurrent step (``SERIAL``, ``BLAS``, ``PARALLEL``, ``SPLIT``) is forced in turn and
 checked over awkward shapes (1, primes, 2^k+1; hidden sizes that do not fill a vector or a
 tile), both directions, stacked layers, per-sequence lengths, NaN and saturating inputs; the
 outputs are poisoned (NaN) beforehand and a spy proves which driver ran. The vectorisable float32
@@ -21,7 +21,7 @@ from gpu_rnn.kernels.cpu import fast
 
 MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
-VARIANTS = {"serial": fast.SERIAL, "blas": fast.BLAS, "parallel": fast.PARALLEL}
+VARIANTS = {"serial": fast.SERIAL, "blas": fast.BLAS, "parallel": fast.PARALLEL, "split": fast.SPLIT}
 TOL = {np.float64: 1e-10, np.float32: 1e-5}
 
 
@@ -52,8 +52,8 @@ def scaled_err(got, want):
 @pytest.fixture
 def force(monkeypatch):
     """Force one variant and count the calls of each driver (the spy)."""
-    calls = {"serial": 0, "parallel": 0, "blas": 0}
-    real_serial, real_parallel = fast.layer_serial, fast.layer_parallel
+    calls = {"serial": 0, "parallel": 0, "blas": 0, "split": 0}
+    real_serial, real_parallel, real_split = fast.layer_serial, fast.layer_parallel, fast.layer_split
 
     def serial(*a):
         calls["blas" if a[-1] else "serial"] += 1
@@ -63,11 +63,16 @@ def force(monkeypatch):
         calls["parallel"] += 1
         return real_parallel(*a)
 
+    def split(*a):
+        calls["split"] += 1
+        return real_split(*a)
+
     monkeypatch.setattr(fast, "layer_serial", serial)
     monkeypatch.setattr(fast, "layer_parallel", parallel)
+    monkeypatch.setattr(fast, "layer_split", split)
 
     def use(name):
-        monkeypatch.setattr(fast, "variant", lambda B, H, G, threads=None: VARIANTS[name])
+        monkeypatch.setattr(fast, "variant", lambda B, H, G, threads=None, T=None, I=None: VARIANTS[name])
         return calls
     return use
 
@@ -255,11 +260,18 @@ def test_projection_blas_and_own(rng, dtype):
         w = rng.standard_normal((N, I)).astype(dtype)
         bias = rng.standard_normal(N).astype(dtype)
         want = x.astype(np.float64) @ w.T.astype(np.float64) + bias
+        tol = 1e-12 if dtype == np.float64 else 1e-5
         for blas in (True, False):
             got = fast.project(x, w, bias, blas)
             assert got.shape == (T, B, N) and got.dtype == dtype
-            tol = 1e-12 if dtype == np.float64 else 1e-5
             assert np.abs(got - want).max() <= tol * max(1.0, np.abs(want).max()) * max(1, I) ** 0.5
+        # the packed blocks, from a non-contiguous x (a batch-first view) too
+        for xin in (x, np.swapaxes(np.ascontiguousarray(np.swapaxes(x, 0, 1)), 0, 1)):
+            got = fast.project_packed(xin, fast.pack(w, dtype), bias)
+            pw = fast.panel_width(dtype)
+            assert got.shape == (T, B, -(-N // pw) * pw) and got.dtype == dtype
+            assert np.abs(got[..., :N] - want).max() <= tol * max(1.0, np.abs(want).max()) * max(1, I) ** 0.5
+            assert not got[..., N:].any()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -295,19 +307,72 @@ def test_packed_product_against_float64(rng, dtype):
         fast.rows_packed(h, wp, np.empty((4, wp.shape[0] * pw - 1), dtype))
 
 
-def test_variant_choice():
-    assert fast.variant(1, 64, 4) == fast.SERIAL        # tiny: no library call per step
-    assert fast.variant(16, 64, 4) == fast.SERIAL
-    assert fast.variant(64, 64, 4) == fast.SERIAL
-    assert fast.variant(1, 512, 4) == fast.BLAS         # batch 1: sgemv streams W_hh
-    assert fast.variant(64, 512, 4) == fast.BLAS
-    assert fast.variant(64, 256, 4) == fast.BLAS        # from B = 32 and 8M multiply-adds
-    assert fast.variant(16, 512, 4) == fast.SERIAL      # the packed blocks beat BLAS up to B = 16
-    assert fast.variant(1, 128, 1) == fast.SERIAL
+def test_variant_choice(monkeypatch):
+    monkeypatch.setattr(fast, "_PARALLEL_OK", [True])
+    # two threads: the batch is split from B = 8 when the layer is large enough
+    assert fast.variant(16, 64, 4, 2) == fast.SPLIT
+    assert fast.variant(8, 512, 4, 2) == fast.SPLIT
+    assert fast.variant(64, 512, 3, 2, T=50, I=512) == fast.SPLIT
+    assert fast.variant(16, 64, 4, 2, T=10, I=64) == fast.SPLIT      # 5.2M multiply-adds
+    assert fast.variant(8, 64, 4, 2, T=5, I=64) == fast.SERIAL       # 1.3M: wake-up costs more
+    assert fast.variant(64, 256, 4, 2, T=1, I=256) == fast.SPLIT     # one step of 33M
+    assert fast.variant(7, 512, 4, 2) == fast.SERIAL                 # fewer than two blocks
+    assert fast.variant(1, 512, 4, 2) == fast.BLAS                   # batch 1: sgemv streams W_hh
+    assert fast.variant(1, 64, 4, 2) == fast.SERIAL
+    # one thread (or a threading layer that cannot launch fast): SERIAL, BLAS for large steps
+    for threads, ok in ((1, True), (2, False)):
+        monkeypatch.setattr(fast, "_PARALLEL_OK", [ok])
+        assert fast.variant(1, 64, 4, threads) == fast.SERIAL        # tiny: no library call per step
+        assert fast.variant(16, 64, 4, threads) == fast.SERIAL
+        assert fast.variant(64, 64, 4, threads) == fast.SERIAL
+        assert fast.variant(1, 512, 4, threads) == fast.BLAS
+        assert fast.variant(64, 512, 4, threads) == fast.BLAS
+        assert fast.variant(64, 256, 4, threads) == fast.BLAS        # from B = 32 and 8M multiply-adds
+        assert fast.variant(16, 512, 4, threads) == fast.SERIAL      # the packed blocks beat BLAS up to B = 16
+        assert fast.variant(1, 128, 1, threads) == fast.SERIAL
     # the two-thread step is never chosen automatically (slower than one thread, measured)
-    for B in (1, 2, 16, 64):
-        for H in (32, 64, 256, 512, 1024):
-            assert fast.variant(B, H, 4) != fast.PARALLEL
+    for ok in (True, False):
+        monkeypatch.setattr(fast, "_PARALLEL_OK", [ok])
+        for B in (1, 2, 16, 64):
+            for H in (32, 64, 256, 512, 1024):
+                for threads in (1, 2, 4):
+                    assert fast.variant(B, H, 4, threads) != fast.PARALLEL
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_split_any_runs_and_threads(rng, dtype):
+    """``layer_split`` called directly: runs of 1, 3, 4 or 8 sequences (a run of 1 and runs that
+    are not whole blocks included), on 1, 2 or 3 threads (more threads than runs, and one thread
+    taking every run), with per-sequence lengths, both directions' column blocks and a
+    projection: each result matches the float64 reference, and writes exactly its own
+    columns of the poisoned outputs."""
+    import numba
+    T, B, I, H, P = 5, 13, 9, 21, 7
+    nthreads = numba.get_num_threads()
+    for proj in (False, True):
+        if proj:
+            x, params, h0, c0, lens = make_proj_case(rng, T, B, I, H, P, dtype=dtype)
+        else:
+            x, params, h0, c0, lens = make_case(rng, "LSTM", T, B, I, H, dtype=dtype)
+        w_ih, w_hh, b_ih, b_hh, w_hr = params[0]
+        prep = fast.prepare(w_ih, w_hh, b_ih, b_hh, dtype, w_hr)
+        Pn = h0.shape[-1]
+        p64 = [tuple(None if a is None else a.astype(np.float64) for a in params[0])]
+        want = reference.forward("LSTM", x.astype(np.float64), p64, h0.astype(np.float64),
+                                 c0.astype(np.float64), lens, 1)
+        for rows in (1, 3, 4, 8):
+            for threads in (1, 2, 3):
+                out = np.full((T, B, 2 * Pn), np.nan, dtype)
+                hn = np.full((B, Pn), np.nan, dtype)
+                cn = np.full((B, H), np.nan, dtype)
+                w_ih_, w_hh_, bias, b_hn, w_hr_, wp, wip = prep
+                fast.layer_split(cells.LSTM, x, w_ih_, w_hh_, bias, b_hn, w_hr_, wp, wip, h0[0], c0[0],
+                                 lens, False, out, Pn, hn, cn, rows, min(threads, max(nthreads, 1)))
+                assert np.isnan(out[:, :, :Pn]).all(), "wrote outside its column block"
+                assert not np.isnan(out[:, :, Pn:]).any() and not np.isnan(hn).any() and not np.isnan(cn).any()
+                errs = [scaled_err(out[:, :, Pn:], want[0]), scaled_err(hn, want[1][0]),
+                        scaled_err(cn, want[2][0])]
+                assert max(errs) <= TOL[dtype], (proj, rows, threads, errs)
 
 
 def test_no_parallel_step_on_workqueue(monkeypatch):

@@ -6,11 +6,14 @@ Legend: T time, B batch, H hidden, G gates, N = G*H.
 
 Per step: the recurrent matmul ``h @ W_hh.T`` into a preallocated buffer, then one pointwise
 pass per sequence whose loop over hidden units vectorises (no calls, no branches but selects,
-plain views indexed from 0). Three variants of the step (:func:`variant` picks SERIAL or BLAS
-per layer call):
+plain views indexed from 0). Four variants (:func:`variant` picks SPLIT, SERIAL or BLAS per
+layer call):
 
 - ``SERIAL``, one thread, no per-step library call or thread wake-up: the packed register
   blocks of :func:`rows_packed` (``W_hh`` packed once per weight version by :func:`pack`);
+- ``SPLIT``: the batch cut into runs of sequences; the threads take runs with an atomic
+  counter and make all T steps of each (its input projection included) as ``SERIAL`` does,
+  with no BLAS call. Sequences never meet, so the threads meet once per layer, not per step;
 - ``PARALLEL``: the dot products and the pointwise update fused per tile of hidden units
   (all G gates of units ``j0:j1``), tiles spread over the threads with one ``prange`` per step;
   the hidden state is double-buffered so no tile reads a half-updated ``h``. Never chosen
@@ -18,10 +21,10 @@ per layer call):
 - ``BLAS``: ``np.dot(h, W_hh.T, out)`` (threaded by the BLAS) then the pointwise pass, for
   large batches and steps where a blocked sgemm (or sgemv at batch 1) is worth its call.
 
-The input projection of all steps is one GEMM inside the same compiled call (BLAS, or
-:func:`rows_nt` for a small layer), so a layer costs one dispatch from Python, not one per
-array operation. No weight is transposed or packed per call: :func:`prepare` does it once per
-weight version, and the backend keeps the result on the layer.
+The input projection of all steps is one GEMM inside the same compiled call (BLAS for a large
+layer that is not split, else the packed blocks on the layer's own thread), so a layer costs one
+dispatch from Python, not one per array operation. No weight is transposed or packed per call:
+:func:`prepare` does it once per weight version, and the backend keeps the result on the layer.
 
 float32 uses vectorisable activations (``exp32``, ``tanh32``: a few ulp, checked in the tests);
 float64 keeps ``math.exp``/``math.tanh`` and so the reference's precision. The generic driver
@@ -39,11 +42,15 @@ from numba.extending import intrinsic, overload
 from .. import cells
 
 _jit = numba.njit(cache=True, error_model="numpy")
+# Pointwise math: mul+add pairs may fuse into FMAs (fewer instructions, and never less exact);
+# no other fast-math liberty, so NaN, inf and signed zeros behave as IEEE says.
+_jit_fma = numba.njit(cache=True, error_model="numpy", fastmath={"contract"})
 
 # Variants of the recurrent step, chosen per layer call by :func:`variant`.
 SERIAL = 0    # hand-written matmul + pointwise, one thread
 BLAS = 1      # BLAS sgemm (its own threads) + one pointwise pass
 PARALLEL = 2  # hand-written matmul + pointwise fused per tile of hidden units, tiles over threads
+SPLIT = 3     # the batch cut into runs of sequences, each run all T steps on one thread, no BLAS
 
 # Multiply-adds per step from which the BLAS's blocked sgemm (its own threads) beats the
 # hand-written one-thread step, at a batch of at least BLAS_MIN_B (see :func:`variant`), and
@@ -51,6 +58,9 @@ PARALLEL = 2  # hand-written matmul + pointwise fused per tile of hidden units, 
 BLAS_MACS = 1 << 23
 BLAS_MIN_B = 32
 BLAS_MACS_B1 = 1 << 19
+# SPLIT from this batch and this many multiply-adds in the layer, with two threads or more.
+SPLIT_MIN_B = 8
+SPLIT_MIN_MACS = 1 << 22
 # The input projection of a SERIAL layer stays on this thread below this many multiply-adds.
 PROJECT_BLAS_MACS = 1 << 21
 
@@ -69,7 +79,26 @@ def _i32_as_f32(typingctx, i):
     return types.float32(types.int32), codegen
 
 
-@_jit
+@intrinsic
+def _atomic_inc(typingctx, counter, i):
+    """``counter[i] += 1`` as one atomic read-modify-write (sequentially consistent); returns the
+    old value. ``counter`` a C-contiguous int64 array."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and counter.ndim == 1
+            and counter.layout == "C" and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        from numba.core import cgutils
+        aty = signature.args[0]
+        ary = context.make_array(aty)(context, builder, args[0])
+        idx = context.cast(builder, args[1], signature.args[1], types.intp)
+        ptr = cgutils.get_item_pointer(context, builder, aty, ary, [idx], wraparound=False)
+        return builder.atomic_rmw("add", ptr, ir.Constant(ir.IntType(64), 1), "seq_cst")
+
+    return types.int64(counter, i), codegen
+
+
+@_jit_fma
 def exp32(x):
     """float32 ``exp`` by Cody-Waite reduction and a degree-7 polynomial (Cephes ``expf``):
     relative error under 2 ulp for results in the normal range; inputs are clamped to
@@ -97,22 +126,24 @@ def exp32(x):
     return p * _i32_as_f32(np.int32(e))
 
 
-@_jit
+@_jit_fma
 def sigmoid32(x):
     """float32 logistic ``1 / (1 + exp(-x))``: a few ulp relative (results above 1e-38), exact
     limits 1 at +inf and ~0 at -inf, NaN in, NaN out."""
     return np.float32(1) / (np.float32(1) + exp32(-x))
 
 
-@_jit
+@_jit_fma
 def tanh32(x):
     """float32 ``tanh`` as the rational minimax x*P(x^2)/Q(x^2) on [-7.9, 7.9] (the form of
     Eigen's and ONNX Runtime's fast tanh): relative error a few ulp; ``x`` itself below 4e-4;
     saturates to +-1 outside, NaN in, NaN out."""
     c = np.float32(7.90531110763549805)
-    if x > c:
+    hi = x > c
+    lo = x < -c
+    if hi:
         x = c
-    if x < -c:
+    if lo:
         x = -c
     x2 = x * x
     p = np.float32(-2.76076847742355e-16)
@@ -129,6 +160,10 @@ def tanh32(x):
     y = x * p / q
     if abs(x) < np.float32(4e-4):  # tanh(x) = x to float32 precision; exact for subnormals too
         y = x
+    if hi:  # exact limits (the fused multiply-adds leave the clamp's value a few ulp below 1)
+        y = np.float32(1)
+    if lo:
+        y = np.float32(-1)
     return y
 
 
@@ -161,7 +196,7 @@ def _ov_ftanh(x):
     return lambda x: math.tanh(x)
 
 
-@_jit
+@_jit_fma
 def frelu(x):
     zero = type(x)(0)
     if x > zero or x != x:
@@ -430,7 +465,7 @@ def rows_packed(h, wp, acc):
 
 # -- the pointwise update -----------------------------------------------------------------------
 
-@_jit
+@_jit_fma
 def point_tile(mode, xp_t, acc, b_hn, hc, hn, c, lengths, t, out_t, col, j0, j1):
     """Units ``j0:j1`` of every sequence at step ``t``: gates from ``xp_t (B, N)`` (biases
     folded in) plus ``acc (B, N)``; reads ``hc``, writes ``hn`` (the next step's state), ``c`` in
@@ -524,7 +559,35 @@ def project(x, w_ih, bias, blas=True):
 
 
 @_jit
-def layer_serial(mode, x, w_ih, w_hh, bias, b_hn, w_hr, wp, h0, c0, lengths, reverse, out, col,
+def project_packed(x, wip, bias):
+    """:func:`project` by the register blocks of :func:`rows_packed` on this thread, ``wip =
+    pack(w_ih)``: ``(T, B, Np)``, ``Np`` the packed width (the columns past ``N = len(bias)`` are
+    zeros). The rows go through a zero-padded copy (a multiple of 4 rows), which also takes
+    any layout of ``x``."""
+    T, B, I = x.shape
+    N = bias.shape[0]
+    R = T * B
+    Rp = (R + MR - 1) // MR * MR if R > 1 else 1
+    Np = wip.shape[0] * wip.shape[2]
+    xs = np.empty((Rp, I), dtype=x.dtype)
+    for t in range(T):
+        for b in range(B):
+            xs[t * B + b] = x[t, b]
+    for r in range(R, Rp):
+        xs[r] = 0
+    buf = np.empty(Rp * Np, dtype=x.dtype)
+    rows_packed(xs, wip, buf.reshape(Rp, Np))
+    xp = buf[:R * Np].reshape(T, B, Np)
+    for t in range(T):
+        for b in range(B):
+            row = xp[t, b]
+            for n in range(N):
+                row[n] += bias[n]
+    return xp
+
+
+@_jit
+def layer_serial(mode, x, w_ih, w_hh, bias, b_hn, w_hr, wp, wip, h0, c0, lengths, reverse, out, col,
                  h_n, c_n, use_blas):
     """One layer, one direction, all steps, one thread (but the BLAS's own); plain cells and the
     LSTM with a projection.
@@ -535,6 +598,9 @@ def layer_serial(mode, x, w_ih, w_hh, bias, b_hn, w_hr, wp, h0, c0, lengths, rev
     b_hn    (H,)    GRU: ``b_hh[2H:3H]`` (the reset gate scales it); ignored otherwise
     w_hr    (P, H)  LSTM projection ``W_hr`` as stored, or an empty (0, 0) array for none (P = H)
     wp      ``pack(w_hh)``: the panels :func:`rows_packed` reads
+    wip     ``pack(w_ih)`` to make the input projection with :func:`project_packed` on this
+            thread, or an empty (0, 0, 0) array for :func:`project` (BLAS when ``use_blas`` or
+            large, else :func:`rows_nt`)
     h0 (B, P), c0 (B, H); lengths (B,) int64 as in ``recurrence.recur``
     out     (T, B, D*P), this direction at ``col``; h_n (B, P), c_n (B, H) written
     use_blas  True: ``np.dot`` per step (``BLAS``), False (``SERIAL``): :func:`rows_packed` on
@@ -546,8 +612,11 @@ def layer_serial(mode, x, w_ih, w_hh, bias, b_hn, w_hr, wp, h0, c0, lengths, rev
     (or keeps the old one and writes zeros, past its length).
     """
     T, B, I = x.shape
-    xp = project(x, w_ih, bias, use_blas or T * B * I * w_ih.shape[0] > PROJECT_BLAS_MACS)
-    T, B, N = xp.shape
+    if wip.shape[0] > 0:
+        xp = project_packed(x, wip, bias)
+    else:
+        xp = project(x, w_ih, bias, use_blas or T * B * I * w_ih.shape[0] > PROJECT_BLAS_MACS)
+    N = w_hh.shape[0]
     H = c0.shape[1]
     P = h0.shape[1]
     has_proj = w_hr.shape[0] > 0
@@ -596,7 +665,7 @@ def layer_serial(mode, x, w_ih, w_hh, bias, b_hn, w_hr, wp, h0, c0, lengths, rev
 
 
 @numba.njit(cache=True, error_model="numpy", parallel=True)
-def layer_parallel(mode, x, w_ih, w_hh, bias, b_hn, w_hr, wp, h0, c0, lengths, reverse, out, col,
+def layer_parallel(mode, x, w_ih, w_hh, bias, b_hn, w_hr, wp, wip, h0, c0, lengths, reverse, out, col,
                    h_n, c_n, ntiles):
     """As :func:`layer_serial` (``PARALLEL``): each step is one ``prange`` over ``ntiles`` tiles
     of hidden units; a tile computes the recurrent rows of all G gates of its units, then their
@@ -624,6 +693,47 @@ def layer_parallel(mode, x, w_ih, w_hh, bias, b_hn, w_hr, wp, h0, c0, lengths, r
         hc, hn = hn, hc
     h_n[:, :] = hc
     c_n[:, :] = c
+
+
+# the compiled serial layer as layer_split binds it (a name of its own: a caller that wraps the
+# module's ``layer_serial``, as a test spy does, must not change what layer_split compiles)
+_serial = layer_serial
+
+
+@numba.njit(cache=True, error_model="numpy", parallel=True)
+def layer_split(mode, x, w_ih, w_hh, bias, b_hn, w_hr, wp, wip, h0, c0, lengths, reverse, out, col,
+                h_n, c_n, rows, threads):
+    """As :func:`layer_serial` (``SPLIT``): the batch cut into runs of ``rows`` sequences; each
+    thread takes the next run with an atomic counter and makes all T steps of it (its input
+    projection included) with :func:`layer_serial` on the packed blocks, no BLAS. Sequences do
+    not meet, so the threads meet once per layer, not per step; and a thread that starts late
+    (its core busy) only takes fewer runs. Any thread count works, one included."""
+    T, B, I = x.shape
+    P = h0.shape[1]
+    H = c0.shape[1]
+    nruns = (B + rows - 1) // rows
+    counter = np.zeros(1, dtype=np.int64)
+    for _ in numba.prange(min(threads, nruns)):
+        k = _atomic_inc(counter, 0)
+        while k < nruns:
+            b0 = k * rows
+            b1 = min(B, b0 + rows)
+            nb = b1 - b0
+            # C-contiguous copies of the run (a few % of its work): the same compiled serial
+            # layer as the one-thread variant, and whole rows for the vectorised stores
+            xs = np.empty((T, nb, I), dtype=x.dtype)
+            for t in range(T):
+                xs[t] = x[t, b0:b1]
+            os_ = np.empty((T, nb, P), dtype=x.dtype)
+            hs = np.empty((nb, P), dtype=x.dtype)
+            cs = np.empty((nb, H), dtype=x.dtype)
+            _serial(mode, xs, w_ih, w_hh, bias, b_hn, w_hr, wp, wip, h0[b0:b1].copy(),
+                    c0[b0:b1].copy(), lengths[b0:b1].copy(), reverse, os_, 0, hs, cs, False)
+            for t in range(T):
+                out[t, b0:b1, col:col + P] = os_[t]
+            h_n[b0:b1] = hs
+            c_n[b0:b1] = cs
+            k = _atomic_inc(counter, 0)
 
 
 def applies(mode, dtype, w_hr, peepholes):
@@ -654,29 +764,40 @@ def parallel_ok():
     return _PARALLEL_OK[0]
 
 
-def variant(B, H, G, threads=None):
-    """``SERIAL`` or ``BLAS`` for a step of ``B * H * G*H`` multiply-adds.
+def variant(B, H, G, threads=None, T=None, I=None):
+    """The variant for a layer of batch ``B``, ``H`` units, ``G`` gates, ``T`` steps and input
+    size ``I`` (``T``, ``I`` unknown: a long layer, ``I = H``), with ``threads`` threads
+    (default: numba's count).
 
-    Measured on a 2-core machine (2026-11-27, ``profiling/bench_cpu.py`` and forced-variant
-    sweeps, each variant in its own process): the two-thread step (``PARALLEL``, one fork/join
-    per step) was slower than one thread at every shape tried (B=1 H=512 LSTM: 327 vs 158 µs per
-    step; B=16 H=64: 160 vs 28), so the automatic choice never takes it; it stays available to
-    ``force`` and to the tests. With the packed register blocks of :func:`rows_packed` one thread
-    beats the BLAS's two up to B = 16 at every size of the grid (LSTM µs per step, one thread vs
-    BLAS: B=16 H=256 212-233 vs 295-299, B=16 H=512 812 vs 1044-1080), and BLAS pays from
-    B = 32 and 8M multiply-adds a step (B=32 H=256 548 vs 488, B=64 H=256 913-920 vs 828-835,
-    B=64 H=512 3981 vs 3010); at batch 1 from 0.5M, where its sgemv on two threads streams
-    ``W_hh`` faster than one (B=1 LSTM H=512 84 vs 109-112, GRU H=512 65 vs 70-78; H=256 LSTM
-    40 vs 30-32, GRU 30 vs 20-22). ``threads`` is accepted for compatibility and ignored.
+    ``SPLIT`` from B = 8 with two threads or more (an OpenMP or TBB threading layer) when the
+    layer has 4M multiply-adds or more; below, thread wake-up and the copies cost more than the
+    second core gives back. Measured on the 2-core machine (2026-11-27, forced variants,
+    interleaved, µs per step at T = 100, SPLIT vs SERIAL vs BLAS): LSTM B=16 H=64 20-27 vs 25-37
+    vs 47-50; B=16 H=256 171 vs 250 vs 316; B=64 H=512 2734 vs 3547 vs 3255; GRU B=64 H=512 1741
+    vs 2855 vs 2506; B=8 H=512 228 vs 353 vs 610. Whole layers of few steps (µs per call):
+    LSTM B=8 H=64 T=5 (1.3M) 109 vs 86, B=16 H=64 T=10 (5.2M) 297 vs 375.
 
-    Also measured and not offered: the batch cut into one run of sequences per thread, each
-    running all T steps (the threads meet once per layer, not per step). On its own it gave
-    1.1-1.3x at B >= 16, H >= 256, but after any multi-threaded BLAS call in the previous
-    ~0.2 s (its own input projection, or the caller's matmul) OpenBLAS's workers still spin on
-    the second core, and a split layer then took ~8 ms whatever its size (LSTM B=4 H=64 T=100:
-    8.0 ms, one thread 1.3 ms).
+    Without it (one thread, or a small layer): ``SERIAL``, but ``BLAS`` from B = 32 and 8M
+    multiply-adds a step (B=64 H=256 LSTM 913-920 vs 828-835 one thread vs BLAS) and at batch 1
+    from 0.5M, where its sgemv on two threads streams ``W_hh`` faster than one thread (B=1 LSTM
+    H=512 84 vs 109-112; H=256 40 vs 30-32).
+
+    ``PARALLEL`` (one fork/join per step) was slower than one thread at every shape tried (B=1
+    H=512 LSTM: 327 vs 158 µs per step; B=16 H=64: 160 vs 28), so it is never chosen; it stays
+    available to ``force`` and to the tests.
+
+    After a multi-threaded BLAS call (the caller's, say, a large ``np.dot``) OpenBLAS's workers
+    spin on a core for ~0.1-0.2 s, and every variant then runs slower: measured, a loop of
+    {LSTM layer, ``np.dot`` of its outputs by a (H, 2000) matrix} took per iteration 20-21 ms
+    with SPLIT against 22-23 with SERIAL (B=16 H=64 T=100), 57-60 against 72-75 (B=16 H=256),
+    GRU B=64 H=256 152-164 against 183-195: SPLIT still the fastest, but its layer alone took
+    ~2x its time on a quiet machine.
     """
     macs = B * H * G * H
+    nthreads = numba.get_num_threads() if threads is None else threads
+    layer_macs = (100 if T is None else T) * B * G * H * (2 * H if I is None else I + H)
+    if B >= SPLIT_MIN_B and nthreads >= 2 and layer_macs >= SPLIT_MIN_MACS and parallel_ok():
+        return SPLIT
     if (B >= BLAS_MIN_B and macs >= BLAS_MACS) or (B == 1 and macs >= BLAS_MACS_B1):
         return BLAS
     return SERIAL
@@ -684,16 +805,27 @@ def variant(B, H, G, threads=None):
 
 def projection_blas(T, B, I, N, v):
     """Whether the layer that variant ``v`` runs makes its input projection with BLAS (as
-    :func:`layer_serial` and :func:`layer_parallel` decide), for a profiler that times it apart."""
-    return v != SERIAL or T * B * I * N > PROJECT_BLAS_MACS
+    :func:`run_prepared` decides; else with the packed blocks on one thread), for a profiler
+    that times it apart (``SPLIT`` makes it inside each thread's run: not timed apart)."""
+    return v not in (SERIAL, SPLIT) or T * B * I * N > PROJECT_BLAS_MACS
+
+
+def split_rows(B, threads=None):
+    """Sequences per run of ``SPLIT``: two runs per thread (a late thread takes fewer), whole
+    register blocks (multiples of 4 rows)."""
+    n = 2 * (numba.get_num_threads() if threads is None else threads)
+    return max(MR, ((B + n - 1) // n + MR - 1) // MR * MR)
+
+
+_NO_PANELS = {"f": np.empty((0, 0, 0), np.float32), "d": np.empty((0, 0, 0), np.float64)}
 
 
 def prepare(w_ih, w_hh, b_ih, b_hh, dtype, w_hr=None):
     """The arrays :func:`run_prepared` takes, computed once per layer version by the backend:
-    ``(w_ih, w_hh, bias, b_hn, w_hr, wp)`` contiguous in ``dtype``, ``bias = b_ih + b_hh`` but for
+    ``(w_ih, w_hh, bias, b_hn, w_hr, wp, wip)`` contiguous in ``dtype``, ``bias = b_ih + b_hh`` but for
     GRU's n gate (``b_ih`` only; its ``b_hh`` part is ``b_hn``, scaled by the reset gate);
-    ``w_hr`` the LSTM projection (P, H) or an empty (0, 0) array; ``wp`` ``W_hh`` packed for
-    :func:`rows_packed`."""
+    ``w_hr`` the LSTM projection (P, H) or an empty (0, 0) array; ``wp`` and ``wip``: ``W_hh``
+    and ``W_ih`` packed for :func:`rows_packed`."""
     dt = np.dtype(dtype)
     GH = w_hh.shape[0]
     H = GH // 4 if w_hr is not None else w_hh.shape[1]
@@ -705,26 +837,32 @@ def prepare(w_ih, w_hh, b_ih, b_hh, dtype, w_hr=None):
         b_hn = bias[:H]
     w_hr = np.empty((0, 0), dt) if w_hr is None else np.ascontiguousarray(w_hr, dtype=dt)
     w_hh = np.ascontiguousarray(w_hh, dtype=dt)
-    return (np.ascontiguousarray(w_ih, dtype=dt), w_hh, bias, b_hn, w_hr, pack(w_hh, dt))
+    w_ih = np.ascontiguousarray(w_ih, dtype=dt)
+    return (w_ih, w_hh, bias, b_hn, w_hr, pack(w_hh, dt), pack(w_ih, dt))
 
 
 def run_prepared(mode, x, prepared, h0, c0, lengths, reverse, out, col, h_n, c_n, force=None):
     """One layer and direction of a plain cell with :func:`prepare`'s arrays. ``force`` picks the
     variant (tests); a projected LSTM runs ``SERIAL`` when ``PARALLEL`` is forced. Returns the
     variant that ran."""
-    w_ih, w_hh, bias, b_hn, w_hr, wp = prepared
+    w_ih, w_hh, bias, b_hn, w_hr, wp, wip = prepared
     dt = w_hh.dtype
     GH = w_hh.shape[0]
     H = c0.shape[-1]
-    B = x.shape[1]
-    v = variant(B, H, GH // H) if force is None else force
+    T, B, I = x.shape
+    v = variant(B, H, GH // H, None, T, I) if force is None else force
     if v == PARALLEL and w_hr.shape[0] > 0:
         v = SERIAL
-    args = (mode, np.ascontiguousarray(x), w_ih, w_hh, bias, b_hn, w_hr, wp,
+    if v != SPLIT and (v != SERIAL or T * B * I * GH > PROJECT_BLAS_MACS):
+        wip = _NO_PANELS[dt.char]
+    args = (mode, np.ascontiguousarray(x), w_ih, w_hh, bias, b_hn, w_hr, wp, wip,
             np.ascontiguousarray(h0, dtype=dt), np.ascontiguousarray(c0, dtype=dt), lengths, reverse,
             out, col, h_n, c_n)
     if v == PARALLEL:
         layer_parallel(*args, numba.get_num_threads())
+    elif v == SPLIT:
+        n = numba.get_num_threads()
+        layer_split(*args, split_rows(B, n), n)
     else:
         layer_serial(*args, v == BLAS)
     return v
