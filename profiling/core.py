@@ -76,12 +76,12 @@ def _cuda_key(name, stream_index, counter):
 
 def _cpu_prepared_projection(args, kwargs, ran):
     """The input projection of ``fast.run_prepared(mode, x, prepared, ...)`` (``prepared`` =
-    ``(w_ih, w_hh, bias, b_hn, w_hr, wp, wip)`` from ``fast.prepare``), which returned the
-    variant ``ran``, as a callable, with the same call on zero steps; or None (``SPLIT`` makes
-    it inside each thread's run, in parallel: one thread's projection of the whole batch is not
-    its share of the layer's time)."""
+    ``(w_ih, w_hh, bias, b_hn, w_hr, wp, wip, tiles)`` from ``fast.prepare``), which returned
+    the variant ``ran``, as a callable, with the same call on zero steps; or None (``SPLIT`` and
+    ``HSPLIT`` make it on the threads, in parallel: one thread's projection of the whole batch
+    is not its share of the layer's time)."""
     from gpu_rnn.kernels.cpu import fast
-    if len(args) < 3 or ran == fast.SPLIT:
+    if len(args) < 3 or ran in (fast.SPLIT, fast.HSPLIT):
         return None
     xc = np.ascontiguousarray(args[1])
     w_ih, _, bias = args[2][:3]

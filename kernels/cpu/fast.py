@@ -6,14 +6,17 @@ Legend: T time, B batch, H hidden, G gates, N = G*H.
 
 Per step: the recurrent matmul ``h @ W_hh.T`` into a preallocated buffer, then one pointwise
 pass per sequence whose loop over hidden units vectorises (no calls, no branches but selects,
-plain views indexed from 0). Four variants (:func:`variant` picks SPLIT, SERIAL or BLAS per
-layer call):
+plain views indexed from 0). Five variants (:func:`variant` picks SPLIT, HSPLIT, SERIAL or
+BLAS per layer call):
 
 - ``SERIAL``, one thread, no per-step library call or thread wake-up: the packed register
   blocks of :func:`rows_packed` (``W_hh`` packed once per weight version by :func:`pack`);
 - ``SPLIT``: the batch cut into runs of sequences; the threads take runs with an atomic
   counter and make all T steps of each (its input projection included) as ``SERIAL`` does,
   with no BLAS call. Sequences never meet, so the threads meet once per layer, not per step;
+- ``HSPLIT``: the hidden units cut into tiles, one part per tile and step; threads claim
+  parts (their own tile first) and a part waits for the previous step's parts at an atomic
+  counter: for batches too small to split, at batch 1 above all;
 - ``PARALLEL``: the dot products and the pointwise update fused per tile of hidden units
   (all G gates of units ``j0:j1``), tiles spread over the threads with one ``prange`` per step;
   the hidden state is double-buffered so no tile reads a half-updated ``h``. Never chosen
@@ -45,12 +48,18 @@ _jit = numba.njit(cache=True, error_model="numpy")
 # Pointwise math: mul+add pairs may fuse into FMAs (fewer instructions, and never less exact);
 # no other fast-math liberty, so NaN, inf and signed zeros behave as IEEE says.
 _jit_fma = numba.njit(cache=True, error_model="numpy", fastmath={"contract"})
+# Threaded drivers: only the explicit prange runs on the threads (numba would otherwise make a
+# parallel region of every array initialisation too, a thread wake-up each)
+_PRANGE_ONLY = {"comprehension": False, "prange": True, "numpy": False, "reduction": False,
+                "setitem": False, "stencil": False, "fusion": False, "inplace_binop": False}
+_jit_par = numba.njit(cache=True, error_model="numpy", parallel=_PRANGE_ONLY)
 
 # Variants of the recurrent step, chosen per layer call by :func:`variant`.
 SERIAL = 0    # hand-written matmul + pointwise, one thread
 BLAS = 1      # BLAS sgemm (its own threads) + one pointwise pass
 PARALLEL = 2  # hand-written matmul + pointwise fused per tile of hidden units, tiles over threads
 SPLIT = 3     # the batch cut into runs of sequences, each run all T steps on one thread, no BLAS
+HSPLIT = 4    # the hidden units cut into tiles, a part per tile and step, parts claimed by threads
 
 # Multiply-adds per step from which the BLAS's blocked sgemm (its own threads) beats the
 # hand-written one-thread step, at a batch of at least BLAS_MIN_B (see :func:`variant`), and
@@ -61,6 +70,8 @@ BLAS_MACS_B1 = 1 << 19
 # SPLIT from this batch and this many multiply-adds in the layer, with two threads or more.
 SPLIT_MIN_B = 8
 SPLIT_MIN_MACS = 1 << 22
+# HSPLIT below SPLIT_MIN_B from this many multiply-adds a step (no projection)
+HSPLIT_MACS = 3 << 16
 # The input projection of a SERIAL layer stays on this thread below this many multiply-adds.
 PROJECT_BLAS_MACS = 1 << 21
 
@@ -79,23 +90,75 @@ def _i32_as_f32(typingctx, i):
     return types.float32(types.int32), codegen
 
 
+def _counter_ptr(context, builder, signature, args):
+    from numba.core import cgutils
+    aty = signature.args[0]
+    ary = context.make_array(aty)(context, builder, args[0])
+    idx = context.cast(builder, args[1], signature.args[1], types.intp)
+    return cgutils.get_item_pointer(context, builder, aty, ary, [idx], wraparound=False)
+
+
+def _is_counter(counter, i):
+    return (isinstance(counter, types.Array) and counter.dtype == types.int64 and counter.ndim == 1
+            and counter.layout == "C" and isinstance(i, types.Integer))
+
+
 @intrinsic
 def _atomic_inc(typingctx, counter, i):
     """``counter[i] += 1`` as one atomic read-modify-write (sequentially consistent); returns the
     old value. ``counter`` a C-contiguous int64 array."""
-    if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and counter.ndim == 1
-            and counter.layout == "C" and isinstance(i, types.Integer)):
+    if not _is_counter(counter, i):
         return None
 
     def codegen(context, builder, signature, args):
-        from numba.core import cgutils
-        aty = signature.args[0]
-        ary = context.make_array(aty)(context, builder, args[0])
-        idx = context.cast(builder, args[1], signature.args[1], types.intp)
-        ptr = cgutils.get_item_pointer(context, builder, aty, ary, [idx], wraparound=False)
+        ptr = _counter_ptr(context, builder, signature, args)
         return builder.atomic_rmw("add", ptr, ir.Constant(ir.IntType(64), 1), "seq_cst")
 
     return types.int64(counter, i), codegen
+
+
+@intrinsic
+def _atomic_claim(typingctx, counter, i):
+    """``counter[i] = 1`` atomically; returns the old value (0: this caller claimed it)."""
+    if not _is_counter(counter, i):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ptr = _counter_ptr(context, builder, signature, args)
+        return builder.atomic_rmw("xchg", ptr, ir.Constant(ir.IntType(64), 1), "seq_cst")
+
+    return types.int64(counter, i), codegen
+
+
+@intrinsic
+def _atomic_load(typingctx, counter, i):
+    """``counter[i]`` as an atomic load (sequentially consistent: a spin loop re-reads it, and
+    what the writer stored before its increment is visible after)."""
+    if not _is_counter(counter, i):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ptr = _counter_ptr(context, builder, signature, args)
+        return builder.load_atomic(ptr, "seq_cst", 8)
+
+    return types.int64(counter, i), codegen
+
+
+_X86 = __import__("platform").machine().lower() in ("x86_64", "amd64", "i686", "x86")
+
+
+@intrinsic
+def _spin_pause(typingctx):
+    """The spin-wait hint (x86 ``pause``; nothing elsewhere)."""
+    def codegen(context, builder, signature, args):
+        if _X86:
+            from numba.core import cgutils
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                "llvm.x86.sse2.pause")
+            builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
 
 
 @_jit_fma
@@ -468,7 +531,8 @@ def rows_packed(h, wp, acc):
 @_jit_fma
 def point_tile(mode, xp_t, acc, b_hn, hc, hn, c, lengths, t, out_t, col, j0, j1):
     """Units ``j0:j1`` of every sequence at step ``t``: gates from ``xp_t (B, N)`` (biases
-    folded in) plus ``acc (B, N)``; reads ``hc``, writes ``hn`` (the next step's state), ``c`` in
+    folded in) plus ``acc (>= B, N)``; reads ``hc (B, H)`` (which gives B and H), writes ``hn``
+    (the next step's state), ``c`` in
     place and ``out_t (B, D*H)`` at ``col``. A finished sequence (``t >= lengths[b]``) keeps its
     state and outputs zeros.
 
@@ -476,8 +540,7 @@ def point_tile(mode, xp_t, acc, b_hn, hc, hn, c, lengths, t, out_t, col, j0, j1)
     views: a signed index with an offset (``x[H + j]``, ``range(j0, j1)``) keeps numba's
     negative-index wrap-around in the loop, and that select alone stops the loop from
     vectorising (measured 4-5x slower per unit). The loops have no calls nor branches."""
-    B, N = acc.shape
-    H = hc.shape[1]
+    B, H = hc.shape
     m = j1 - j0
     zero = type(acc[0, 0])(0)
     one = type(acc[0, 0])(1)
@@ -562,8 +625,17 @@ def project(x, w_ih, bias, blas=True):
 def project_packed(x, wip, bias):
     """:func:`project` by the register blocks of :func:`rows_packed` on this thread, ``wip =
     pack(w_ih)``: ``(T, B, Np)``, ``Np`` the packed width (the columns past ``N = len(bias)`` are
-    zeros). The rows go through a zero-padded copy (a multiple of 4 rows), which also takes
-    any layout of ``x``."""
+    zeros). Any layout of ``x``."""
+    T, B, I = x.shape
+    xp = np.empty((T, B, wip.shape[0] * wip.shape[2]), dtype=x.dtype)
+    project_packed_into(x, wip, bias, xp)
+    return xp
+
+
+@_jit
+def project_packed_into(x, wip, bias, xp):
+    """:func:`project_packed` into ``xp (T, B, Np)``. The rows go through a zero-padded copy (a
+    multiple of 4 rows), which also takes any layout of ``x``."""
     T, B, I = x.shape
     N = bias.shape[0]
     R = T * B
@@ -575,15 +647,17 @@ def project_packed(x, wip, bias):
             xs[t * B + b] = x[t, b]
     for r in range(R, Rp):
         xs[r] = 0
-    buf = np.empty(Rp * Np, dtype=x.dtype)
-    rows_packed(xs, wip, buf.reshape(Rp, Np))
-    xp = buf[:R * Np].reshape(T, B, Np)
+    if Rp == R:
+        rows_packed(xs, wip, xp.reshape(R, Np))
+    else:
+        buf = np.empty((Rp, Np), dtype=x.dtype)
+        rows_packed(xs, wip, buf)
+        xp.reshape(R, Np)[:, :] = buf[:R]
     for t in range(T):
         for b in range(B):
             row = xp[t, b]
             for n in range(N):
                 row[n] += bias[n]
-    return xp
 
 
 @_jit
@@ -700,7 +774,7 @@ def layer_parallel(mode, x, w_ih, w_hh, bias, b_hn, w_hr, wp, wip, h0, c0, lengt
 _serial = layer_serial
 
 
-@numba.njit(cache=True, error_model="numpy", parallel=True)
+@_jit_par
 def layer_split(mode, x, w_ih, w_hh, bias, b_hn, w_hr, wp, wip, h0, c0, lengths, reverse, out, col,
                 h_n, c_n, rows, threads):
     """As :func:`layer_serial` (``SPLIT``): the batch cut into runs of ``rows`` sequences; each
@@ -736,6 +810,109 @@ def layer_split(mode, x, w_ih, w_hh, bias, b_hn, w_hr, wp, wip, h0, c0, lengths,
             k = _atomic_inc(counter, 0)
 
 
+@_jit_par
+def layer_hsplit(mode, x, wips, wps, biases, bhns, h0, c0, lengths, reverse, out, col, h_n, c_n,
+                 threads):
+    """One layer and direction, plain cells without a projection (``HSPLIT``): the hidden units
+    cut into tiles of :func:`prepare_tiles`, each step a part per tile. First every tile's input
+    projection (one ``prange`` over tiles); then the threads go through the steps, each trying
+    first its own tile (so a tile's weights stay in one core's cache) and then the others.
+
+    A part is claimed with an atomic exchange (each exactly once) and waits until every part of
+    the previous step is done (an atomic counter per step) before it reads the full state.
+    Deadlock-free on any thread count, one included: a thread claims the parts of step s only
+    after trying all of step s-1's, so a part it waits for is held by a running thread, which
+    waits only for earlier steps. A late thread makes the others take its parts.
+
+    wips (tiles, panels, I, PW), wps (tiles, panels, H, PW), biases (tiles, G * mt), bhns
+    (tiles, mt): a tile's rows gate-major, ``mt`` units per gate (the last tile's padding rows
+    zero); the rest as :func:`layer_serial`."""
+    T, B, I = x.shape
+    NP, mt = bhns.shape
+    H = h0.shape[1]
+    Bp = B if B == 1 else (B + MR - 1) // MR * MR
+    xps = np.empty((NP, T, B, wips.shape[1] * wips.shape[3]), dtype=x.dtype)
+    for p in numba.prange(NP):
+        project_packed_into(x, wips[p], biases[p], xps[p])
+    hfull = np.zeros((2, Bp, H), dtype=x.dtype)   # step s reads [s % 2], writes [(s + 1) % 2]
+    htile = np.zeros((2, NP, B, mt), dtype=x.dtype)
+    ctile = np.zeros((NP, B, mt), dtype=x.dtype)
+    for b in range(B):
+        for j in range(H):
+            hfull[0, b, j] = h0[b, j]
+            htile[0, j // mt, b, j % mt] = h0[b, j]
+            ctile[j // mt, b, j % mt] = c0[b, j]
+    acc = np.empty((NP, Bp, wps.shape[1] * wps.shape[3]), dtype=x.dtype)
+    claimed = np.zeros(T * NP, dtype=np.int64)
+    done = np.zeros(T + 1, dtype=np.int64)
+    for tid in numba.prange(min(threads, NP)):
+        for s in range(T):
+            t = T - 1 - s if reverse else s
+            for q in range(NP):
+                p = (tid + q) % NP
+                if _atomic_claim(claimed, s * NP + p) != 0:
+                    continue
+                if s > 0:
+                    while _atomic_load(done, s - 1) < NP:
+                        _spin_pause()
+                u0 = p * mt
+                m = min(mt, H - u0)
+                rows_packed(hfull[s % 2], wps[p], acc[p])
+                ht = htile[(s + 1) % 2, p]
+                point_tile(mode, xps[p, t], acc[p], bhns[p], htile[s % 2, p], ht, ctile[p],
+                           lengths, t, out[t], col + u0, 0, m)
+                hn = hfull[(s + 1) % 2]
+                for b in range(B):
+                    hb = hn[b, u0:u0 + m]
+                    tb = ht[b]
+                    for j in range(m):
+                        hb[j] = tb[j]
+                _atomic_inc(done, s)
+    for b in range(B):
+        for j in range(H):
+            h_n[b, j] = htile[T % 2, j // mt, b, j % mt]
+            c_n[b, j] = ctile[j // mt, b, j % mt]
+
+
+def prepare_tiles(prepared, ntiles):
+    """``(wips, wps, biases, bhns)`` of :func:`layer_hsplit` for ``ntiles`` tiles, from
+    :func:`prepare`'s arrays; made once per weight version and tile count (kept in the prepared
+    tuple's last entry)."""
+    w_ih, w_hh, bias, b_hn, w_hr, wp, wip, extra = prepared
+    asked = ntiles
+    if asked in extra:
+        return extra[asked]
+    dt = w_hh.dtype
+    GH, H = w_hh.shape
+    G = GH // H
+    vw = 32 // dt.itemsize
+    mt = -(-H // ntiles)
+    mt = -(-mt // vw) * vw if mt > vw else mt  # tile edges on whole vectors of units
+    ntiles = -(-H // mt)
+    rows = np.full((ntiles, G, mt), -1, np.int64)
+    for p in range(ntiles):
+        for u in range(mt):
+            j = p * mt + u
+            if j < H:
+                rows[p, :, u] = np.arange(G) * H + j
+    rows = rows.reshape(ntiles, G * mt)
+
+    def take(a):
+        t = np.zeros((ntiles, G * mt) + a.shape[1:], dt)
+        ok = rows >= 0
+        t[ok] = a[rows[ok]]
+        return t
+    wips = np.stack([pack(w, dt) for w in take(w_ih)])
+    wps = np.stack([pack(w, dt) for w in take(w_hh)])
+    biases = take(bias)
+    bhns = np.zeros((ntiles, mt), dt)
+    for p in range(ntiles):
+        m = min(mt, H - p * mt)
+        bhns[p, :m] = b_hn[p * mt:p * mt + m]
+    extra[asked] = (wips, wps, biases, bhns)
+    return extra[asked]
+
+
 def applies(mode, dtype, w_hr, peepholes):
     """Whether the fast drivers serve this layer: plain cells (the LSTM with or without a
     projection), no peepholes."""
@@ -764,10 +941,10 @@ def parallel_ok():
     return _PARALLEL_OK[0]
 
 
-def variant(B, H, G, threads=None, T=None, I=None):
+def variant(B, H, G, threads=None, T=None, I=None, proj=False):
     """The variant for a layer of batch ``B``, ``H`` units, ``G`` gates, ``T`` steps and input
     size ``I`` (``T``, ``I`` unknown: a long layer, ``I = H``), with ``threads`` threads
-    (default: numba's count).
+    (default: numba's count); ``proj``: an LSTM with a projection.
 
     ``SPLIT`` from B = 8 with two threads or more (an OpenMP or TBB threading layer) when the
     layer has 4M multiply-adds or more; below, thread wake-up and the copies cost more than the
@@ -777,7 +954,14 @@ def variant(B, H, G, threads=None, T=None, I=None):
     vs 2855 vs 2506; B=8 H=512 228 vs 353 vs 610. Whole layers of few steps (µs per call):
     LSTM B=8 H=64 T=5 (1.3M) 109 vs 86, B=16 H=64 T=10 (5.2M) 297 vs 375.
 
-    Without it (one thread, or a small layer): ``SERIAL``, but ``BLAS`` from B = 32 and 8M
+    Below B = 8, ``HSPLIT`` (no projection) from 192K multiply-adds a step, on the same
+    conditions: each core then streams only its tiles' share of the weights each step, and the
+    parts meet at one counter per step (µs per step at T = 100, HSPLIT vs SERIAL vs BLAS,
+    interleaved): LSTM B=1 H=256 26.4 vs 38.2 vs 44.2, B=1 H=512 83.6 vs 128.5 vs 115.2, B=4
+    H=128 17.4 vs 27.1 vs 82.2; GRU B=1 H=256 19.7 vs 31.0 vs 35.9, B=1 H=512 69.7 vs 101.8 vs
+    77.8; at B=1 H=128 (65K) a tie (LSTM 10.3 vs 10.0, GRU 8.3 vs 8.6).
+
+    Without them (one thread, or a small layer): ``SERIAL``, but ``BLAS`` from B = 32 and 8M
     multiply-adds a step (B=64 H=256 LSTM 913-920 vs 828-835 one thread vs BLAS) and at batch 1
     from 0.5M, where its sgemv on two threads streams ``W_hh`` faster than one thread (B=1 LSTM
     H=512 84 vs 109-112; H=256 40 vs 30-32).
@@ -794,10 +978,10 @@ def variant(B, H, G, threads=None, T=None, I=None):
     ~2x its time on a quiet machine.
     """
     macs = B * H * G * H
-    nthreads = numba.get_num_threads() if threads is None else threads
     layer_macs = (100 if T is None else T) * B * G * H * (2 * H if I is None else I + H)
-    if B >= SPLIT_MIN_B and nthreads >= 2 and layer_macs >= SPLIT_MIN_MACS and parallel_ok():
-        return SPLIT
+    if layer_macs >= SPLIT_MIN_MACS and (B >= SPLIT_MIN_B or (macs >= HSPLIT_MACS and not proj)) \
+            and (numba.get_num_threads() if threads is None else threads) >= 2 and parallel_ok():
+        return SPLIT if B >= SPLIT_MIN_B else HSPLIT
     if (B >= BLAS_MIN_B and macs >= BLAS_MACS) or (B == 1 and macs >= BLAS_MACS_B1):
         return BLAS
     return SERIAL
@@ -806,8 +990,10 @@ def variant(B, H, G, threads=None, T=None, I=None):
 def projection_blas(T, B, I, N, v):
     """Whether the layer that variant ``v`` runs makes its input projection with BLAS (as
     :func:`run_prepared` decides; else with the packed blocks on one thread), for a profiler
-    that times it apart (``SPLIT`` makes it inside each thread's run: not timed apart)."""
-    return v not in (SERIAL, SPLIT) or T * B * I * N > PROJECT_BLAS_MACS
+    that times it apart (``SPLIT`` and ``HSPLIT`` make it on the threads: not timed apart)."""
+    if v in (SPLIT, HSPLIT):
+        return False
+    return v != SERIAL or T * B * I * N > PROJECT_BLAS_MACS
 
 
 def split_rows(B, threads=None):
@@ -822,10 +1008,11 @@ _NO_PANELS = {"f": np.empty((0, 0, 0), np.float32), "d": np.empty((0, 0, 0), np.
 
 def prepare(w_ih, w_hh, b_ih, b_hh, dtype, w_hr=None):
     """The arrays :func:`run_prepared` takes, computed once per layer version by the backend:
-    ``(w_ih, w_hh, bias, b_hn, w_hr, wp, wip)`` contiguous in ``dtype``, ``bias = b_ih + b_hh`` but for
+    ``(w_ih, w_hh, bias, b_hn, w_hr, wp, wip, tiles)`` contiguous in ``dtype``, ``bias = b_ih + b_hh`` but for
     GRU's n gate (``b_ih`` only; its ``b_hh`` part is ``b_hn``, scaled by the reset gate);
     ``w_hr`` the LSTM projection (P, H) or an empty (0, 0) array; ``wp`` and ``wip``: ``W_hh``
-    and ``W_ih`` packed for :func:`rows_packed`."""
+    and ``W_ih`` packed for :func:`rows_packed`; ``tiles`` a dict where :func:`prepare_tiles`
+    keeps the tiles of ``HSPLIT``."""
     dt = np.dtype(dtype)
     GH = w_hh.shape[0]
     H = GH // 4 if w_hr is not None else w_hh.shape[1]
@@ -838,26 +1025,32 @@ def prepare(w_ih, w_hh, b_ih, b_hh, dtype, w_hr=None):
     w_hr = np.empty((0, 0), dt) if w_hr is None else np.ascontiguousarray(w_hr, dtype=dt)
     w_hh = np.ascontiguousarray(w_hh, dtype=dt)
     w_ih = np.ascontiguousarray(w_ih, dtype=dt)
-    return (w_ih, w_hh, bias, b_hn, w_hr, pack(w_hh, dt), pack(w_ih, dt))
+    return (w_ih, w_hh, bias, b_hn, w_hr, pack(w_hh, dt), pack(w_ih, dt), {})
 
 
 def run_prepared(mode, x, prepared, h0, c0, lengths, reverse, out, col, h_n, c_n, force=None):
     """One layer and direction of a plain cell with :func:`prepare`'s arrays. ``force`` picks the
-    variant (tests); a projected LSTM runs ``SERIAL`` when ``PARALLEL`` is forced. Returns the
-    variant that ran."""
-    w_ih, w_hh, bias, b_hn, w_hr, wp, wip = prepared
+    variant (tests); a projected LSTM runs ``SERIAL`` when ``PARALLEL`` or ``HSPLIT`` is forced.
+    Returns the variant that ran."""
+    w_ih, w_hh, bias, b_hn, w_hr, wp, wip, _ = prepared
     dt = w_hh.dtype
     GH = w_hh.shape[0]
     H = c0.shape[-1]
     T, B, I = x.shape
-    v = variant(B, H, GH // H, None, T, I) if force is None else force
-    if v == PARALLEL and w_hr.shape[0] > 0:
+    v = variant(B, H, GH // H, None, T, I, w_hr.shape[0] > 0) if force is None else force
+    if v in (PARALLEL, HSPLIT) and w_hr.shape[0] > 0:
         v = SERIAL
-    if v != SPLIT and (v != SERIAL or T * B * I * GH > PROJECT_BLAS_MACS):
+    if v not in (SPLIT, HSPLIT) and (v != SERIAL or T * B * I * GH > PROJECT_BLAS_MACS):
         wip = _NO_PANELS[dt.char]
-    args = (mode, np.ascontiguousarray(x), w_ih, w_hh, bias, b_hn, w_hr, wp, wip,
-            np.ascontiguousarray(h0, dtype=dt), np.ascontiguousarray(c0, dtype=dt), lengths, reverse,
-            out, col, h_n, c_n)
+    xc = np.ascontiguousarray(x)
+    h0 = np.ascontiguousarray(h0, dtype=dt)
+    c0 = np.ascontiguousarray(c0, dtype=dt)
+    if v == HSPLIT:
+        n = numba.get_num_threads()
+        wips, wps, biases, bhns = prepare_tiles(prepared, max(n, 2))
+        layer_hsplit(mode, xc, wips, wps, biases, bhns, h0, c0, lengths, reverse, out, col, h_n, c_n, n)
+        return v
+    args = (mode, xc, w_ih, w_hh, bias, b_hn, w_hr, wp, wip, h0, c0, lengths, reverse, out, col, h_n, c_n)
     if v == PARALLEL:
         layer_parallel(*args, numba.get_num_threads())
     elif v == SPLIT:
