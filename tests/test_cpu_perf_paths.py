@@ -543,8 +543,8 @@ def test_activations_special_values(act32):
 
 def test_float32_step_vectorises():
     """Every cell's float32 pointwise loop compiles to vector instructions: no scalar libm
-    calls (the fast activations) and no negative-index wrap-around in the loop (plain views,
-    indices from 0). Each activation has one division, so the four cells' loops hold 5 (LSTM:
+    calls (the fast activations) and no negative-index wrap-around in the loop (unsigned
+    column indices). Each activation has one division, so the four cells' loops hold 5 (LSTM:
     three sigmoids, two tanh) + 3 (GRU) + 1 (tanh RNN) vector divisions at least; a loop left
     scalar drops its share (the LSTM loop once did, at 4-5x the time per unit). A fresh,
     uncached compile to read its LLVM IR."""
