@@ -5,6 +5,19 @@ from ..dispatch import Plan
 from ..errors import DTypeError
 
 
+_KERNELS = []
+
+
+def _kernels():
+    """``(kernels.cpu, kernels.cells)``, imported on the first call (importing gpu_rnn loads no
+    numba), then kept."""
+    if not _KERNELS:
+        from ..kernels import cells
+        from ..kernels import cpu as kcpu
+        _KERNELS.extend((kcpu, cells))
+    return _KERNELS
+
+
 class CpuBackend:
     name = "cpu"
 
@@ -25,11 +38,11 @@ class CpuBackend:
     def _weights(layer, dt):
         """The layer's weights in ``dt`` and the fast path's prepared arrays, made once per weight
         version and dtype and kept on the layer (a call then costs no copies nor bias sums)."""
-        from ..kernels.cpu import fast
-        key = (layer.version, np.dtype(dt).str)
+        key = (layer.version, dt.char if isinstance(dt, np.dtype) else np.dtype(dt).char)
         cache = layer.__dict__.get("_cpu_weights")
         if cache is not None and cache[0] == key:
             return cache[1], cache[2]
+        from ..kernels.cpu import fast
         params = layer.params()
         if params[0][0].dtype != dt:
             params = [tuple(None if a is None else a.astype(dt) for a in p) for p in params]
@@ -38,14 +51,17 @@ class CpuBackend:
         return params, prepared
 
     def forward(self, layer, call, plan):
-        from ..kernels import cpu as kcpu
-        from ..kernels import cells
+        kcpu, cells = _kernels()
         x = call.x
         dt = x.dtype
         LD, B = layer.num_layers * layer.num_directions, call.B
         h0 = call.h0 if call.h0 is not None else np.zeros((LD, B, layer.output_size), dt)
         c0 = call.c0 if call.c0 is not None else np.zeros((LD, B, layer.hidden_size), dt)
-        lengths = call.lengths if call.lengths is not None else np.full(B, call.T, np.int64)
+        if call.lengths is not None:
+            lengths = call.lengths
+        else:
+            lengths = np.empty(B, np.int64)
+            lengths.fill(call.T)
         params, prepared = self._weights(layer, dt)
         # extended cells (gpu_rnn.onnx) carry their kernel mode, options and peepholes
         mode = getattr(layer, "cell_mode", None)
