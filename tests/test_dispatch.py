@@ -1,5 +1,6 @@
 """The dispatcher: the order of choice (call, layer, GPU_RNN_BACKEND, auto), what auto picks, the
 errors for unknown and unavailable backends, layer.plan(), and proofs of which backend ran."""
+import contextlib
 import os
 import subprocess
 import sys
@@ -215,7 +216,21 @@ def test_unavailable_fake(fake_cuda):
 
 # -- plan() and proofs of what ran ---------------------------------------------------------------------
 
+@contextlib.contextmanager
+def numba_threads(n):
+    """numba's thread count set to ``n`` (at most what it started with) for the block."""
+    import numba
+    old = numba.get_num_threads()
+    k = min(n, numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(k)
+    try:
+        yield k
+    finally:
+        numba.set_num_threads(old)
+
+
 def test_plan_names_backend_and_reason():
+    from gpu_rnn.kernels.cpu import fast
     layer = gpu_rnn.LSTM(3, 4)
     x = x_of(5, 2, 3)
     p = layer.plan(x, backend="cpu")
@@ -223,7 +238,19 @@ def test_plan_names_backend_and_reason():
     assert p.backend == "cpu" and p.name == "cpu" and p.dtype == "float32"
     assert "asked for by the call" in p.reasons[0]
     text = str(p)
-    assert text.startswith("backend cpu") and "BLAS" in text
+    # a tiny layer: one thread, its projection by the packed blocks (no BLAS thread woken)
+    assert text.startswith("backend cpu, input GEMM packed register blocks") and "SERIAL" in text
+    assert p.details["cpu_variant"] == "serial"
+    # the plan names the variant the call runs: the batch split from B = 8 on two threads, the
+    # hidden units below, BLAS at batch 1 on one thread
+    big = gpu_rnn.LSTM(256, 256)
+    xb = x_of(50, 16, 256)
+    with numba_threads(2) as n:
+        if n >= 2 and fast.parallel_ok():
+            assert big.plan(xb).details["cpu_variant"] == "split"
+            assert big.plan(x_of(50, 1, 256)).details["cpu_variant"] == "hsplit"
+    with numba_threads(1):
+        assert big.plan(x_of(50, 1, 512 // 2)).details["cpu_variant"] in ("serial", "blas")
     p = gpu_rnn.LSTM(3, 4, backend="cpu").plan(x)
     assert "asked for by the layer" in p.reasons[0]
     p = gpu_rnn.LSTM(3, 4).plan(x)

@@ -14,6 +14,7 @@ def _kernels():
     if not _KERNELS:
         from ..kernels import cells
         from ..kernels import cpu as kcpu
+        from ..kernels.cpu import fast  # noqa: F401  (kcpu.fast)
         _KERNELS.extend((kcpu, cells))
     return _KERNELS
 
@@ -31,8 +32,22 @@ class CpuBackend:
         if layer.dtype not in ("float32", "float64"):
             raise DTypeError(f"backend 'cpu' computes in float32 or float64; dtype {layer.dtype!r} "
                              "is a CUDA storage dtype")
-        return Plan("cpu", "", gemm="BLAS", dtype=layer.dtype,
-                    reasons=["numba.njit recurrence, input projection as one BLAS GEMM"])
+        kcpu, cells = _kernels()
+        fast = kcpu.fast
+        mode = layer.cell_mode if layer.cell_mode is not None else cells.MODES[layer.mode]
+        proj = layer.output_size != layer.hidden_size
+        if not fast.applies(mode, np.dtype(layer.dtype), layer.output_size if proj else None,
+                            layer.cell_peepholes):
+            return Plan("cpu", "", gemm="BLAS", dtype=layer.dtype,
+                        reasons=["numba.njit generic recurrence (an extended cell), input projection "
+                                 "as one BLAS GEMM"], details={"cpu_variant": "generic"})
+        H, T, B, I = layer.hidden_size, call.T, call.B, layer.input_size
+        v = fast.variant(B, H, cells.GATES[mode], None, T, I, proj)
+        name = fast.VARIANT_NAMES[v]
+        gemm = "BLAS" if fast.projection_blas(T, B, I, cells.GATES[mode] * H, v) else "packed register blocks"
+        return Plan("cpu", "", gemm=gemm, dtype=layer.dtype,
+                    reasons=[f"numba.njit, first layer's recurrence {name.upper()}: " + fast.VARIANT_WHY[v]],
+                    details={"cpu_variant": name})
 
     @staticmethod
     def _weights(layer, dt):

@@ -60,6 +60,16 @@ BLAS = 1      # BLAS sgemm (its own threads) + one pointwise pass
 PARALLEL = 2  # hand-written matmul + pointwise fused per tile of hidden units, tiles over threads
 SPLIT = 3     # the batch cut into runs of sequences, each run all T steps on one thread, no BLAS
 HSPLIT = 4    # the hidden units cut into tiles, a part per tile and step, parts claimed by threads
+VARIANT_NAMES = {SERIAL: "serial", BLAS: "blas", PARALLEL: "parallel", SPLIT: "split", HSPLIT: "hsplit"}
+VARIANT_WHY = {
+    SERIAL: "one thread, packed register blocks, no library call or thread wake-up per step",
+    BLAS: "the BLAS's sgemm/sgemv on its threads each step, then one pointwise pass",
+    PARALLEL: "one prange per step over tiles of hidden units (forced only)",
+    SPLIT: "the batch cut into runs of sequences over the threads, each run all steps on one "
+           "thread (packed register blocks, no BLAS)",
+    HSPLIT: "the hidden units cut into tiles over the threads, a part per tile and step, the "
+            "parts of a step meeting at an atomic counter",
+}
 
 # Multiply-adds per step from which the BLAS's blocked sgemm (its own threads) beats the
 # hand-written one-thread step, at a batch of at least BLAS_MIN_B (see :func:`variant`), and
