@@ -34,7 +34,7 @@ float64 keeps ``math.exp``/``math.tanh`` and so the reference's precision. The g
 (``recurrence.recur``) still serves every other case.
 """
 import math
-import os
+import platform
 
 import numba
 import numpy as np
@@ -154,7 +154,7 @@ def _atomic_load(typingctx, counter, i):
     return types.int64(counter, i), codegen
 
 
-_X86 = __import__("platform").machine().lower() in ("x86_64", "amd64", "i686", "x86")
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 
 
 @intrinsic
