@@ -100,58 +100,35 @@ def _i32_as_f32(typingctx, i):
     return types.float32(types.int32), codegen
 
 
-def _counter_ptr(context, builder, signature, args):
-    from numba.core import cgutils
-    aty = signature.args[0]
-    ary = context.make_array(aty)(context, builder, args[0])
-    idx = context.cast(builder, args[1], signature.args[1], types.intp)
-    return cgutils.get_item_pointer(context, builder, aty, ary, [idx], wraparound=False)
+def _counter_op(doc, emit):
+    """An intrinsic ``f(counter, i)`` on ``counter[i]`` of a C-contiguous int64 array, returning
+    an int64: ``emit(builder, ptr)`` writes the atomic instruction (sequentially consistent)."""
+    def typer(typingctx, counter, i):
+        if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and counter.ndim == 1
+                and counter.layout == "C" and isinstance(i, types.Integer)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            from numba.core import cgutils
+            aty = signature.args[0]
+            ary = context.make_array(aty)(context, builder, args[0])
+            idx = context.cast(builder, args[1], signature.args[1], types.intp)
+            return emit(builder, cgutils.get_item_pointer(context, builder, aty, ary, [idx], wraparound=False))
+
+        return types.int64(counter, i), codegen
+    typer.__doc__ = doc
+    return intrinsic(typer)
 
 
-def _is_counter(counter, i):
-    return (isinstance(counter, types.Array) and counter.dtype == types.int64 and counter.ndim == 1
-            and counter.layout == "C" and isinstance(i, types.Integer))
-
-
-@intrinsic
-def _atomic_inc(typingctx, counter, i):
-    """``counter[i] += 1`` as one atomic read-modify-write (sequentially consistent); returns the
-    old value. ``counter`` a C-contiguous int64 array."""
-    if not _is_counter(counter, i):
-        return None
-
-    def codegen(context, builder, signature, args):
-        ptr = _counter_ptr(context, builder, signature, args)
-        return builder.atomic_rmw("add", ptr, ir.Constant(ir.IntType(64), 1), "seq_cst")
-
-    return types.int64(counter, i), codegen
-
-
-@intrinsic
-def _atomic_claim(typingctx, counter, i):
-    """``counter[i] = 1`` atomically; returns the old value (0: this caller claimed it)."""
-    if not _is_counter(counter, i):
-        return None
-
-    def codegen(context, builder, signature, args):
-        ptr = _counter_ptr(context, builder, signature, args)
-        return builder.atomic_rmw("xchg", ptr, ir.Constant(ir.IntType(64), 1), "seq_cst")
-
-    return types.int64(counter, i), codegen
-
-
-@intrinsic
-def _atomic_load(typingctx, counter, i):
-    """``counter[i]`` as an atomic load (sequentially consistent: a spin loop re-reads it, and
-    what the writer stored before its increment is visible after)."""
-    if not _is_counter(counter, i):
-        return None
-
-    def codegen(context, builder, signature, args):
-        ptr = _counter_ptr(context, builder, signature, args)
-        return builder.load_atomic(ptr, "seq_cst", 8)
-
-    return types.int64(counter, i), codegen
+_ONE = ir.Constant(ir.IntType(64), 1)
+_atomic_inc = _counter_op("``counter[i] += 1`` as one atomic read-modify-write; returns the old value.",
+                          lambda builder, ptr: builder.atomic_rmw("add", ptr, _ONE, "seq_cst"))
+_atomic_claim = _counter_op("``counter[i] = 1`` atomically; returns the old value (0: this caller "
+                            "claimed it).",
+                            lambda builder, ptr: builder.atomic_rmw("xchg", ptr, _ONE, "seq_cst"))
+_atomic_load = _counter_op("``counter[i]`` as an atomic load: a spin loop re-reads it, and what the "
+                           "writer stored before its increment is visible after.",
+                           lambda builder, ptr: builder.load_atomic(ptr, "seq_cst", 8))
 
 
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
