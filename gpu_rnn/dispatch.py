@@ -161,18 +161,28 @@ def _unavailable(request, why=""):
 _RESOLVED = {}
 
 
-def resolve(call_backend, layer_backend, device_input=False):
-    """Return ``(backend object, name, variant, why)`` for a call. Every layer call comes
-    here: the answer is kept per request, environment and registry, so a repeated call costs a
-    dictionary lookup."""
+def request_key(call_backend, layer_backend, device_input=False):
+    """A hashable key of everything :func:`resolve` reads (the requests, the environment, the
+    registry), or None for requests that are not strings (they get their error there)."""
     if (call_backend is None or type(call_backend) is str) and (layer_backend is None or type(layer_backend) is str):
-        key = (call_backend, layer_backend, bool(device_input), os.environ.get(ENV_VAR, ""), simulated(),
-               tuple(map(id, _REGISTRY.values())))
-        hit = _RESOLVED.get(key)
-        if hit is None:
-            hit = _RESOLVED[key] = _resolve(call_backend, layer_backend, device_input)
-        return hit
-    return _resolve(call_backend, layer_backend, device_input)
+        env = os.environ
+        return (call_backend, layer_backend, bool(device_input), env.get(ENV_VAR, ""),
+                env.get("NUMBA_ENABLE_CUDASIM", "0"), tuple(map(id, _REGISTRY.values())))
+    return None
+
+
+def resolve(call_backend, layer_backend, device_input=False, key=None):
+    """Return ``(backend object, name, variant, why)`` for a call. Every layer call comes
+    here: the answer is kept per :func:`request_key` (``key``, when the caller has it), so a
+    repeated call costs a dictionary lookup."""
+    if key is None:
+        key = request_key(call_backend, layer_backend, device_input)
+        if key is None:
+            return _resolve(call_backend, layer_backend, device_input)
+    hit = _RESOLVED.get(key)
+    if hit is None:
+        hit = _RESOLVED[key] = _resolve(call_backend, layer_backend, device_input)
+    return hit
 
 
 def _resolve(call_backend, layer_backend, device_input):

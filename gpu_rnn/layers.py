@@ -356,11 +356,31 @@ class RNNBase:
         plan.reasons.insert(0, why)
         return plan
 
-    def _run(self, x, hx, lengths, backend):
-        call, batched = self._check_input(x, hx, lengths)
-        be, name, variant, why = dispatch.resolve(backend, self.backend, call.device)
+    def _plan(self, call, backend):
+        """``(backend object, plan)`` of a checked call. A backend whose plan depends only on
+        the layer, the call's T and B, and its ``plan_key(layer, call)`` (the CPU's: the thread
+        count) has its plan kept on the layer: a repeated call skips the planning (µs that
+        matter at batch 1), and gets the same Plan object."""
+        rkey = dispatch.request_key(backend, self.backend, call.device)
+        cache = self.__dict__.get("_plans")
+        if rkey is not None and cache is not None:
+            key = (rkey, call.T, call.B, call.lengths is None, self._version)
+            hit = cache.get(key)
+            if hit is not None and hit[0].plan_key(self, call) == hit[2]:
+                return hit[0], hit[1]
+        be, name, variant, why = dispatch.resolve(backend, self.backend, call.device, rkey)
         plan = be.plan(self, call, variant)
         plan.reasons.insert(0, why)
+        plan_key = getattr(be, "plan_key", None)
+        if rkey is not None and plan_key is not None:
+            if cache is None or len(cache) >= 16:
+                cache = self.__dict__["_plans"] = {}
+            cache[(rkey, call.T, call.B, call.lengths is None, self._version)] = (be, plan, plan_key(self, call))
+        return be, plan
+
+    def _run(self, x, hx, lengths, backend):
+        call, batched = self._check_input(x, hx, lengths)
+        be, plan = self._plan(call, backend)
         self.last_plan = plan
         out, h_n, c_n = be.forward(self, call, plan)
         if not batched:

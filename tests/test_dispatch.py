@@ -260,6 +260,34 @@ def test_plan_names_backend_and_reason():
         layer.plan(x_of(5, 2, 4))
 
 
+def test_call_plan_kept_and_renewed(monkeypatch):
+    """A repeated call reuses its plan (the same object), and anything the plan reads renews it:
+    the batch, the thread count, the environment, the weights."""
+    from gpu_rnn.kernels.cpu import fast
+    layer = gpu_rnn.LSTM(64, 64)
+    x = x_of(50, 16, 64)
+    layer(x)
+    first = layer.last_plan
+    layer(x * 0.5)
+    assert layer.last_plan is first
+    assert first.reasons[0].startswith("auto") and sum(r.startswith("auto") for r in first.reasons) == 1
+    layer(x_of(50, 3, 64))
+    assert layer.last_plan is not first and layer.last_plan.details["cpu_variant"] == "serial"
+    with numba_threads(1):
+        layer(x)
+        assert layer.last_plan.details["cpu_variant"] == "serial"
+    with numba_threads(2) as n:
+        layer(x)
+        assert layer.last_plan.details["cpu_variant"] == ("split" if n >= 2 and fast.parallel_ok() else "serial")
+    monkeypatch.setenv("GPU_RNN_BACKEND", "cpu")
+    layer(x)
+    assert "set by GPU_RNN_BACKEND" in layer.last_plan.reasons[0]
+    kept = layer.last_plan
+    layer.load_state_dict(layer.state_dict())
+    layer(x)
+    assert layer.last_plan is not kept and layer.last_plan.reasons == kept.reasons
+
+
 def test_plan_fake_gpu_variant(fake_cuda):
     fake_cuda()
     p = gpu_rnn.GRU(3, 4).plan(x_of(5, 2, 3))

@@ -50,6 +50,12 @@ class CpuBackend:
                     details={"cpu_variant": name})
 
     @staticmethod
+    def plan_key(layer, call):
+        """What :meth:`plan` reads besides the layer and the call's T and B: the thread count
+        (the layer cache keeps a plan per key)."""
+        return _kernels()[0].fast.num_threads()
+
+    @staticmethod
     def _weights(layer, dt):
         """The layer's weights in ``dt`` and the fast path's prepared arrays, made once per weight
         version and dtype and kept on the layer (a call then costs no copies nor bias sums)."""
