@@ -91,7 +91,10 @@ def _cpu_prepared_projection(args, kwargs, ran):
     # overhead (dispatch, allocation), which the layer's fused loop does not pay
     if fast.projection_blas(T, B, I, w_ih.shape[0], ran):
         return (lambda: fast.project(xc, w_ih, bias, True)), (lambda: fast.project(xc[:0], w_ih, bias, True))
-    return (lambda: fast.project_packed(xc, wip, bias)), (lambda: fast.project_packed(xc[:0], wip, bias))
+    # in chunks of steps, as the layer makes it
+    Np = wip.shape[0] * wip.shape[2]
+    buf = np.empty((fast.chunk_steps(T, B, Np, xc.itemsize), B, Np), xc.dtype)
+    return (lambda: fast.project_chunks(xc, wip, bias, buf)), (lambda: fast.project_chunks(xc[:0], wip, bias, buf))
 
 
 #: backend -> [(module, function name, key function[, split])]: the kernel entry points wrapped

@@ -403,6 +403,25 @@ def test_split_any_runs_and_threads(rng, dtype):
                 assert max(errs) <= TOL[dtype], (proj, rows, threads, errs)
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_projection_in_chunks(force, rng, mode, dtype):
+    """Long enough for the packed input projection to be made in several chunks of steps
+    (``CHUNK_BYTES`` of gates: 3 chunks and a short one here at B = 9), in both directions, with
+    lengths, as ``SERIAL`` and as ``SPLIT`` runs (4 sequences: 2 chunks): the chunks must line
+    up with the steps that read them."""
+    H, B = 64, 9
+    Np = -(-GATES[mode] * H // 16) * 16
+    tc = fast.CHUNK_BYTES // (B * Np * np.dtype(dtype).itemsize)
+    assert tc >= 2
+    for variant, b in (("serial", B), ("split", 5)):
+        calls = force(variant)
+        for T in (3 * tc + 2, 2 * tc - 1):
+            case = make_case(rng, mode, T, b, 7, H, D=2, dtype=dtype)
+            check(mode, *case, 2, dtype)
+        assert calls[variant] == 2 * 2 * 2, calls
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_hsplit_any_tiles_and_threads(rng, dtype):
     """``layer_hsplit`` called directly: 1, 2, 3 or 5 tiles (a last tile of padding units, tiles
