@@ -171,14 +171,13 @@ def request_key(call_backend, layer_backend, device_input=False):
     return None
 
 
-def resolve(call_backend, layer_backend, device_input=False, key=None):
-    """Return ``(backend object, name, variant, why)`` for a call. Every layer call comes
-    here: the answer is kept per :func:`request_key` (``key``, when the caller has it), so a
-    repeated call costs a dictionary lookup."""
+def resolve(call_backend, layer_backend, device_input=False):
+    """Return ``(backend object, name, variant, why)`` for a call. Every layer call whose plan
+    is not kept comes here: the answer is kept per :func:`request_key`, so a repeated call
+    costs a dictionary lookup."""
+    key = request_key(call_backend, layer_backend, device_input)
     if key is None:
-        key = request_key(call_backend, layer_backend, device_input)
-        if key is None:
-            return _resolve(call_backend, layer_backend, device_input)
+        return _resolve(call_backend, layer_backend, device_input)
     hit = _RESOLVED.get(key)
     if hit is None:
         hit = _RESOLVED[key] = _resolve(call_backend, layer_backend, device_input)

@@ -368,7 +368,7 @@ class RNNBase:
             hit = cache.get(key)
             if hit is not None and hit[0].plan_key(self, call) == hit[2]:
                 return hit[0], hit[1]
-        be, name, variant, why = dispatch.resolve(backend, self.backend, call.device, rkey)
+        be, name, variant, why = dispatch.resolve(backend, self.backend, call.device)
         plan = be.plan(self, call, variant)
         plan.reasons.insert(0, why)
         plan_key = getattr(be, "plan_key", None)
