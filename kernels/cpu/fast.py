@@ -672,13 +672,12 @@ def layer_serial(mode, x, w_ih, w_hh, bias, b_hn, w_hr, wp, wip, h0, c0, lengths
     b_hn    (H,)    GRU: ``b_hh[2H:3H]`` (the reset gate scales it); ignored otherwise
     w_hr    (P, H)  LSTM projection ``W_hr`` as stored, or an empty (0, 0) array for none (P = H)
     wp      ``pack(w_hh)``: the panels :func:`rows_packed` reads
-    wip     ``pack(w_ih)`` to make the input projection with :func:`project_packed_into` on
-            this thread, :func:`chunk_steps` steps at a time just before them (their gates are
-            then read back from L2: against one projection of all steps, 1-7% less time per
-            step in 10 of 11 interleaved comparisons, LSTM B=16-64 H=64-256 on one thread; and
-            memory for a chunk, not for T steps); or an
-            empty (0, 0, 0) array for :func:`project` (BLAS when ``use_blas`` or large, else
-            :func:`rows_nt`)
+    wip     ``pack(w_ih)``: the input projection made with :func:`project_packed_into` on this
+            thread, :func:`chunk_steps` steps at a time just before them, so that their gates
+            are read back from L2 (against one projection of all steps: 1-7% less time per
+            step in 10 of 11 interleaved comparisons, LSTM B=16-64 H=64-256, one thread; and
+            memory for one chunk, not for T steps). Or an empty (0, 0, 0) array: :func:`project`
+            (BLAS when ``use_blas`` or large, else :func:`rows_nt`)
     h0 (B, P), c0 (B, H); lengths (B,) int64 as in ``recurrence.recur``
     out     (T, B, D*P), this direction at ``col``; h_n (B, P), c_n (B, H) written
     use_blas  True: ``np.dot`` per step (``BLAS``), False (``SERIAL``): :func:`rows_packed` on
