@@ -237,6 +237,22 @@ class RNNBase:
 
     # -- validation --------------------------------------------------------------------------
     def _check_input(self, x, hx, lengths):
+        if type(x) is np.ndarray and hx is None and lengths is None:
+            # the common call: a NumPy x alone. Its checks depend only on its shape and dtype
+            # and the layer's layout: a shape seen before skips them
+            seen = self.__dict__.get("_seen_x")
+            if seen is not None and seen[0] == (x.shape, x.dtype, self.batch_first, self.dtype):
+                T, B, batched, host_dt = seen[1]
+                xt = (np.swapaxes(x, 0, 1) if self.batch_first else x) if batched else x.reshape(T, 1, x.shape[1])
+                return Call(np.ascontiguousarray(xt, dtype=host_dt), None, None, None,
+                            self.batch_first and batched, False, T, B), batched
+            call, batched = self._check_input_full(x, None, None)
+            self.__dict__["_seen_x"] = ((x.shape, x.dtype, self.batch_first, self.dtype),
+                                        (call.T, call.B, batched, call.x.dtype))
+            return call, batched
+        return self._check_input_full(x, hx, lengths)
+
+    def _check_input_full(self, x, hx, lengths):
         device = is_device_array(x)
         if not device:
             if x is None:

@@ -83,6 +83,32 @@ def test_x_non_float(lstm, dtype):
         lstm(x)
 
 
+def test_checks_after_a_good_call():
+    """A call with the shape and dtype of an earlier good one skips its checks (they would pass
+    again); any other x is checked in full, whatever came before, and the layout is honoured."""
+    layer = gpu_rnn.GRU(3, 4, backend="cpu", seed=0)
+    x = x_of(5, 2, 3)
+    want, _ = layer(x)
+    for bad, exc, frag in ((x.astype(np.int64), DTypeError, "got dtype int64"),
+                           (x[..., :2], ShapeError, "got shape (5, 2, 2)"),
+                           (x[:0], ShapeError, "T >= 1"),
+                           (x.astype(object), DTypeError, "got dtype object")):
+        layer(x)
+        with raises(exc, frag):
+            layer(bad)
+    again, _ = layer(x)
+    np.testing.assert_array_equal(again, want)
+    np.testing.assert_array_equal(layer(np.asfortranarray(x))[0], want)  # any layout of the same shape
+    np.testing.assert_array_equal(layer(x.astype(np.float64))[0], want)  # converted to the layer's dtype
+    layer.batch_first = True  # the same array, now read as (B, T, I)
+    got, _ = layer(x[:, :, :])
+    assert got.shape == (5, 2, 4)
+    np.testing.assert_allclose(got, np.swapaxes(gpu_rnn.GRU(3, 4, batch_first=False, seed=0)(
+        np.ascontiguousarray(np.swapaxes(x, 0, 1)))[0], 0, 1), rtol=1e-6, atol=1e-6)
+    with raises(ShapeError, "(B, T, I)", "got shape (5, 2, 2)"):
+        layer(x[..., :2])
+
+
 def test_x_object_array(lstm):
     x = np.empty((2, 1, 3), dtype=object)
     x[...] = 1.0
