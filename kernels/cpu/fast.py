@@ -929,9 +929,13 @@ def prepare_tiles(prepared, ntiles):
 def applies(mode, dtype, w_hr, peepholes):
     """Whether the fast drivers serve this layer: plain cells (the LSTM with or without a
     projection), no peepholes."""
-    return (mode in (cells.RNN_TANH, cells.RNN_RELU, cells.LSTM, cells.GRU)
-            and (w_hr is None or mode == cells.LSTM)
-            and peepholes is None and np.dtype(dtype).char in "fd" and np.dtype(dtype).isnative)
+    if peepholes is not None or mode not in _PLAIN or (w_hr is not None and mode != cells.LSTM):
+        return False
+    dt = dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)
+    return dt.char in "fd" and dt.isnative
+
+
+_PLAIN = frozenset((cells.RNN_TANH, cells.RNN_RELU, cells.LSTM, cells.GRU))
 
 
 _PARALLEL_OK = []
