@@ -367,10 +367,13 @@ class RNNBase:
     def plan(self, x, hx=None, lengths=None, *, backend=None):
         """The :class:`~gpu_rnn.dispatch.Plan` a call with these arguments would run."""
         call, _ = self._check_input(x, hx, lengths)
+        return self._new_plan(call, backend)[1]
+
+    def _new_plan(self, call, backend):
         be, name, variant, why = dispatch.resolve(backend, self.backend, call.device)
         plan = be.plan(self, call, variant)
         plan.reasons.insert(0, why)
-        return plan
+        return be, plan
 
     def _plan(self, call, backend):
         """``(backend object, plan)`` of a checked call. A backend whose plan depends only on
@@ -378,20 +381,19 @@ class RNNBase:
         count) has its plan kept on the layer: a repeated call skips the planning (µs that
         matter at batch 1), and gets the same Plan object."""
         rkey = dispatch.request_key(backend, self.backend, call.device)
+        if rkey is None:
+            return self._new_plan(call, backend)
+        key = (rkey, call.T, call.B, call.lengths is None, self._version)
         cache = self.__dict__.get("_plans")
-        if rkey is not None and cache is not None:
-            key = (rkey, call.T, call.B, call.lengths is None, self._version)
-            hit = cache.get(key)
-            if hit is not None and hit[0].plan_key(self, call) == hit[2]:
-                return hit[0], hit[1]
-        be, name, variant, why = dispatch.resolve(backend, self.backend, call.device)
-        plan = be.plan(self, call, variant)
-        plan.reasons.insert(0, why)
+        hit = cache.get(key) if cache is not None else None
+        if hit is not None and hit[0].plan_key(self, call) == hit[2]:
+            return hit[0], hit[1]
+        be, plan = self._new_plan(call, backend)
         plan_key = getattr(be, "plan_key", None)
-        if rkey is not None and plan_key is not None:
+        if plan_key is not None:
             if cache is None or len(cache) >= 16:
                 cache = self.__dict__["_plans"] = {}
-            cache[(rkey, call.T, call.B, call.lengths is None, self._version)] = (be, plan, plan_key(self, call))
+            cache[key] = (be, plan, plan_key(self, call))
         return be, plan
 
     def _run(self, x, hx, lengths, backend):

@@ -288,7 +288,9 @@ def test_projection_blas_and_own(rng, dtype):
             assert np.abs(got - want).max() <= tol * max(1.0, np.abs(want).max()) * max(1, I) ** 0.5
         # the packed blocks, from a non-contiguous x (a batch-first view) too
         for xin in (x, np.swapaxes(np.ascontiguousarray(np.swapaxes(x, 0, 1)), 0, 1)):
-            got = fast.project_packed(xin, fast.pack(w, dtype), bias)
+            wip = fast.pack(w, dtype)
+            got = np.full((T, B, wip.shape[0] * wip.shape[2]), np.nan, dtype)
+            fast.project_packed_into(xin, wip, bias, got)
             pw = fast.panel_width(dtype)
             assert got.shape == (T, B, -(-N // pw) * pw) and got.dtype == dtype
             assert np.abs(got[..., :N] - want).max() <= tol * max(1.0, np.abs(want).max()) * max(1, I) ** 0.5

@@ -53,7 +53,7 @@ class CpuBackend:
     def plan_key(layer, call):
         """What :meth:`plan` reads besides the layer and the call's T and B: the thread count
         (the layer cache keeps a plan per key)."""
-        return (_KERNELS[0] if _KERNELS else _kernels()[0]).fast.num_threads()
+        return _kernels()[0].fast.num_threads()
 
     @staticmethod
     def _weights(layer, dt):

@@ -603,20 +603,11 @@ def project(x, w_ih, bias, blas=True):
 
 
 @_jit
-def project_packed(x, wip, bias):
-    """:func:`project` by the register blocks of :func:`rows_packed` on this thread, ``wip =
-    pack(w_ih)``: ``(T, B, Np)``, ``Np`` the packed width (the columns past ``N = len(bias)`` are
-    zeros). Any layout of ``x``."""
-    T, B, I = x.shape
-    xp = np.empty((T, B, wip.shape[0] * wip.shape[2]), dtype=x.dtype)
-    project_packed_into(x, wip, bias, xp)
-    return xp
-
-
-@_jit
 def project_packed_into(x, wip, bias, xp):
-    """:func:`project_packed` into ``xp (T, B, Np)``. The rows go through a zero-padded copy (a
-    multiple of 4 rows), which also takes any layout of ``x``."""
+    """:func:`project` by the register blocks of :func:`rows_packed` on this thread, ``wip =
+    pack(w_ih)``, into ``xp (T, B, Np)``, ``Np`` the packed width (the columns past ``N =
+    len(bias)`` come out zeros). The rows go through a zero-padded copy (a multiple of 4 rows),
+    which also takes any layout of ``x``."""
     T, B, I = x.shape
     N = bias.shape[0]
     R = T * B
