@@ -627,29 +627,45 @@ def project(x, w_ih, bias, blas=True):
     return xp.reshape(T, B, N)
 
 
+def _c_rows(x, R, I):
+    """``x (T, B, I)`` as ``(R, I)`` rows without a copy where its type is C-contiguous, else an
+    empty ``(0, I)`` array (compiled per layout: a reshape types only for C arrays)."""
+
+
+@overload(_c_rows)
+def _ov_c_rows(x, R, I):
+    if isinstance(x, types.Array) and x.layout == "C":
+        return lambda x, R, I: x.reshape(R, I)
+    return lambda x, R, I: np.empty((0, I), dtype=x.dtype)
+
+
 @_jit
 def project_packed_into(x, wip, bias, xp):
     """:func:`project` by the register blocks of :func:`rows_packed` on this thread, ``wip =
     pack(w_ih)``, into ``xp (T, B, Np)``, ``Np`` the packed width (the columns past ``N =
-    len(bias)`` come out zeros). The rows go through a zero-padded copy (a multiple of 4 rows),
-    which also takes any layout of ``x``."""
+    len(bias)`` come out zeros). A C-contiguous ``x`` of ``4k`` rows (``T * B``) is read as it
+    lies; any other goes through a zero-padded copy (a multiple of 4 rows, any layout)."""
     T, B, I = x.shape
     N = bias.shape[0]
     R = T * B
     Rp = (R + MR - 1) // MR * MR if R > 1 else 1
     Np = wip.shape[0] * wip.shape[2]
-    xs = np.empty((Rp, I), dtype=x.dtype)
-    for t in range(T):
-        for b in range(B):
-            xs[t * B + b] = x[t, b]
-    for r in range(R, Rp):
-        xs[r] = 0
-    if Rp == R:
-        rows_packed(xs, wip, xp.reshape(R, Np))
+    rows = _c_rows(x, R, I)
+    if Rp == R and rows.shape[0] == R:  # the rows as they lie (a run's; 4k sequences): no copy
+        rows_packed(rows, wip, xp.reshape(R, Np))
     else:
-        buf = np.empty((Rp, Np), dtype=x.dtype)
-        rows_packed(xs, wip, buf)
-        xp.reshape(R, Np)[:, :] = buf[:R]
+        xs = np.empty((Rp, I), dtype=x.dtype)
+        for t in range(T):
+            for b in range(B):
+                xs[t * B + b] = x[t, b]
+        for r in range(R, Rp):
+            xs[r] = 0
+        if Rp == R:
+            rows_packed(xs, wip, xp.reshape(R, Np))
+        else:
+            buf = np.empty((Rp, Np), dtype=x.dtype)
+            rows_packed(xs, wip, buf)
+            xp.reshape(R, Np)[:, :] = buf[:R]
     for t in range(T):
         for b in range(B):
             row = xp[t, b]
