@@ -406,6 +406,28 @@ def test_split_any_runs_and_threads(rng, dtype):
                 assert max(errs) <= TOL[dtype], (proj, rows, threads, errs)
 
 
+def test_split_rows():
+    """Runs of whole register blocks, two runs a thread or more where the batch allows, larger
+    runs only for short steps (small H)."""
+    def lstm(H, I=None):  # a sequence's multiply-adds a step
+        return 4 * H * ((I or H) + H)
+
+    for B in (1, 3, 4, 8, 13, 16, 17, 32, 64, 65, 100, 256, 1000):
+        for threads in (1, 2, 3, 8):
+            for row_macs in (0, 1, lstm(8), lstm(64), lstm(256), lstm(512), lstm(64, 1000)):
+                rows = fast.split_rows(B, threads, row_macs)
+                assert rows % fast.MR == 0 and rows >= fast.MR, (B, threads, row_macs, rows)
+                if B >= 2 * threads * fast.MR:
+                    assert -(-B // rows) >= 2 * threads, (B, threads, row_macs, rows)
+                if row_macs * fast.MR >= fast.SPLIT_RUN_MACS or row_macs == 0:
+                    assert rows == fast.MR, (B, threads, row_macs, rows)
+    assert fast.split_rows(64, 2, lstm(64)) == 16
+    assert fast.split_rows(32, 2, lstm(64)) == 8
+    assert fast.split_rows(16, 2, lstm(64)) == 4
+    assert fast.split_rows(64, 2, lstm(256)) == fast.split_rows(64, 2, lstm(512)) == 4
+    assert fast.split_rows(1000, 2, lstm(64)) == 16
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_projection_in_chunks(force, rng, mode, dtype):

@@ -80,6 +80,7 @@ BLAS_MACS_B1 = 1 << 19
 # SPLIT from this batch and this many multiply-adds in the layer, with two threads or more.
 SPLIT_MIN_B = 8
 SPLIT_MIN_MACS = 1 << 22
+SPLIT_RUN_MACS = 1 << 19  # see split_rows
 # HSPLIT below SPLIT_MIN_B from this many multiply-adds a step (no projection)
 HSPLIT_MACS = 3 << 16
 # The input projection of a SERIAL layer stays on this thread below this many multiply-adds.
@@ -1066,14 +1067,23 @@ def projection_blas(T, B, I, N, v):
     return v != SERIAL or T * B * I * N > PROJECT_BLAS_MACS
 
 
-def split_rows(B, threads=None):
-    """Sequences per run of ``SPLIT``: one register block (4 rows), or whole blocks for eight
-    runs per thread at large batches. Small runs balance best when a thread starts late, and
-    cost nothing measurable at H = 512, where each run streams ``W_hh`` on its own (LSTM µs per
-    step, runs of 4 / 8 / 16 / 32 rows: B=64 H=64 57 / 59 / 63 / 62, B=16 H=64 18 / 21 / 38 /
-    33, B=64 H=512 2090 / 2115 / 2098 / 2073)."""
-    n = 8 * (num_threads() if threads is None else threads)
-    return max(MR, ((B + n - 1) // n + MR - 1) // MR * MR)
+def split_rows(B, threads=None, row_macs=0):
+    """Sequences per run of ``SPLIT``: whole register blocks (4 rows), as many as give a run's
+    step ``SPLIT_RUN_MACS`` multiply-adds (``row_macs`` a sequence's, 0: unknown), while every
+    thread still gets two runs or more. Each step of a run costs calls and views whatever its
+    rows, a few % of a 4-row step at H = 64; at H = 256 and more a 4-row step is long enough,
+    and small runs balance best when a thread starts late. Measured (2 threads, 0.3 s pauses,
+    interleaved, µs a step, runs of 4 against the rows chosen here): LSTM B=64 H=64 51.3-51.6
+    against 48.7-49.5 (16 rows), GRU B=64 H=64 39.2-42.7 against 36.9-38.2, LSTM B=32 H=64 28.5
+    against 27.5 (8 rows); and runs of 4 at LSTM B=64 H=512: 2068 against 2107 (16 rows) and
+    2182 (32)."""
+    n = num_threads() if threads is None else threads
+    most = max(MR, B // (2 * n) // MR * MR)
+    want = MR
+    if row_macs > 0:
+        want = -(-SPLIT_RUN_MACS // row_macs)
+        want = -(-want // MR) * MR
+    return max(MR, min(most, want))
 
 
 _NO_PANELS = {"f": np.empty((0, 0, 0), np.float32), "d": np.empty((0, 0, 0), np.float64)}
@@ -1128,7 +1138,8 @@ def run_prepared(mode, x, prepared, h0, c0, lengths, reverse, out, col, h_n, c_n
         layer_parallel(*args, num_threads())
     elif v == SPLIT:
         n = num_threads()
-        layer_split(*args, split_rows(B, n), n)
+        P = w_hh.shape[1]
+        layer_split(*args, split_rows(B, n, GH * (I + P) + w_hr.size), n)
     else:
         layer_serial(*args, v == BLAS)
     return v
