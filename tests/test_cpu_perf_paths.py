@@ -407,25 +407,27 @@ def test_split_any_runs_and_threads(rng, dtype):
 
 
 def test_split_rows():
-    """Runs of whole register blocks, two runs a thread or more where the batch allows, larger
-    runs only for short steps (small H)."""
+    """Runs of whole register blocks: enough for eight runs a thread at large batches, larger
+    runs where a run's step is short (small H) as long as every thread gets two runs."""
     def lstm(H, I=None):  # a sequence's multiply-adds a step
         return 4 * H * ((I or H) + H)
 
     for B in (1, 3, 4, 8, 13, 16, 17, 32, 64, 65, 100, 256, 1000):
         for threads in (1, 2, 3, 8):
+            eight = -(-(-(-B // (8 * threads))) // fast.MR) * fast.MR  # blocks for eight runs a thread
             for row_macs in (0, 1, lstm(8), lstm(64), lstm(256), lstm(512), lstm(64, 1000)):
                 rows = fast.split_rows(B, threads, row_macs)
-                assert rows % fast.MR == 0 and rows >= fast.MR, (B, threads, row_macs, rows)
-                if B >= 2 * threads * fast.MR:
-                    assert -(-B // rows) >= 2 * threads, (B, threads, row_macs, rows)
-                if row_macs * fast.MR >= fast.SPLIT_RUN_MACS or row_macs == 0:
-                    assert rows == fast.MR, (B, threads, row_macs, rows)
+                case = (B, threads, row_macs, rows)
+                assert rows % fast.MR == 0 and rows >= max(fast.MR, eight), case
+                if row_macs == 0 or row_macs * fast.MR >= fast.SPLIT_RUN_MACS:
+                    assert rows == max(fast.MR, eight), case
+                elif rows > max(fast.MR, eight):
+                    assert -(-B // rows) >= 2 * threads, case
     assert fast.split_rows(64, 2, lstm(64)) == 16
     assert fast.split_rows(32, 2, lstm(64)) == 8
     assert fast.split_rows(16, 2, lstm(64)) == 4
     assert fast.split_rows(64, 2, lstm(256)) == fast.split_rows(64, 2, lstm(512)) == 4
-    assert fast.split_rows(1000, 2, lstm(64)) == 16
+    assert fast.split_rows(1000, 2, lstm(512)) == 64
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -1068,22 +1068,24 @@ def projection_blas(T, B, I, N, v):
 
 
 def split_rows(B, threads=None, row_macs=0):
-    """Sequences per run of ``SPLIT``: whole register blocks (4 rows), as many as give a run's
-    step ``SPLIT_RUN_MACS`` multiply-adds (``row_macs`` a sequence's, 0: unknown), while every
-    thread still gets two runs or more. Each step of a run costs calls and views whatever its
-    rows, a few % of a 4-row step at H = 64; at H = 256 and more a 4-row step is long enough,
-    and small runs balance best when a thread starts late. Measured (2 threads, 0.3 s pauses,
-    interleaved, µs a step, runs of 4 against the rows chosen here): LSTM B=64 H=64 51.3-51.6
-    against 48.7-49.5 (16 rows), GRU B=64 H=64 39.2-42.7 against 36.9-38.2, LSTM B=32 H=64 28.5
-    against 27.5 (8 rows); and runs of 4 at LSTM B=64 H=512: 2068 against 2107 (16 rows) and
-    2182 (32)."""
+    """Sequences per run of ``SPLIT``: whole register blocks (4 rows); at large batches enough
+    for eight runs a thread (each run streams the weights on its own: a 4-row run at H >= 1024
+    would read them from memory, not from L3); and more, up to two runs a thread, where a run's
+    step would have fewer than ``SPLIT_RUN_MACS`` multiply-adds (``row_macs`` a sequence's, 0:
+    unknown). Each step of a run costs calls and views whatever its rows, a few % of a 4-row step
+    at H = 64; at H = 256 and more a 4-row step is long enough, and small runs balance best when
+    a thread starts late. Measured (2 threads, 0.3 s pauses, interleaved, µs a step, runs of 4
+    against the rows chosen here): LSTM B=64 H=64 51.3-51.6 against 48.7-49.5 (16 rows), GRU
+    B=64 H=64 39.2-42.7 against 36.9-38.2, LSTM B=32 H=64 28.5 against 27.5 (8 rows); and runs
+    of 4 at LSTM B=64 H=512: 2068 against 2107 (16 rows) and 2182 (32)."""
     n = num_threads() if threads is None else threads
+    base = max(MR, -(-B // (8 * n)) + MR - 1) // MR * MR
     most = max(MR, B // (2 * n) // MR * MR)
     want = MR
     if row_macs > 0:
         want = -(-SPLIT_RUN_MACS // row_macs)
         want = -(-want // MR) * MR
-    return max(MR, min(most, want))
+    return max(base, min(most, want))
 
 
 _NO_PANELS = {"f": np.empty((0, 0, 0), np.float32), "d": np.empty((0, 0, 0), np.float64)}
