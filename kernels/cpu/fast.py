@@ -652,21 +652,19 @@ def project_packed_into(x, wip, bias, xp):
     Rp = (R + MR - 1) // MR * MR if R > 1 else 1
     Np = wip.shape[0] * wip.shape[2]
     rows = _c_rows(x, R, I)
-    if Rp == R and rows.shape[0] == R:  # the rows as they lie (a run's; 4k sequences): no copy
-        rows_packed(rows, wip, xp.reshape(R, Np))
-    else:
-        xs = np.empty((Rp, I), dtype=x.dtype)
+    if Rp != R or rows.shape[0] != R:  # else the rows as they lie (a run's; 4k sequences): no copy
+        rows = np.empty((Rp, I), dtype=x.dtype)
         for t in range(T):
             for b in range(B):
-                xs[t * B + b] = x[t, b]
+                rows[t * B + b] = x[t, b]
         for r in range(R, Rp):
-            xs[r] = 0
-        if Rp == R:
-            rows_packed(xs, wip, xp.reshape(R, Np))
-        else:
-            buf = np.empty((Rp, Np), dtype=x.dtype)
-            rows_packed(xs, wip, buf)
-            xp.reshape(R, Np)[:, :] = buf[:R]
+            rows[r] = 0
+    if Rp == R:
+        rows_packed(rows, wip, xp.reshape(R, Np))
+    else:
+        buf = np.empty((Rp, Np), dtype=x.dtype)
+        rows_packed(rows, wip, buf)
+        xp.reshape(R, Np)[:, :] = buf[:R]
     for t in range(T):
         for b in range(B):
             row = xp[t, b]
@@ -1079,13 +1077,10 @@ def split_rows(B, threads=None, row_macs=0):
     B=64 H=64 39.2-42.7 against 36.9-38.2, LSTM B=32 H=64 28.5 against 27.5 (8 rows); and runs
     of 4 at LSTM B=64 H=512: 2068 against 2107 (16 rows) and 2182 (32)."""
     n = num_threads() if threads is None else threads
-    base = max(MR, -(-B // (8 * n)) + MR - 1) // MR * MR
-    most = max(MR, B // (2 * n) // MR * MR)
-    want = MR
-    if row_macs > 0:
-        want = -(-SPLIT_RUN_MACS // row_macs)
-        want = -(-want // MR) * MR
-    return max(base, min(most, want))
+    eight = -(-(-(-B // (8 * n))) // MR) * MR           # blocks for eight runs a thread
+    two = B // (2 * n) // MR * MR                        # blocks for two runs a thread
+    short = -(-(-(-SPLIT_RUN_MACS // row_macs)) // MR) * MR if row_macs > 0 else MR
+    return max(MR, eight, min(two, short))
 
 
 _NO_PANELS = {"f": np.empty((0, 0, 0), np.float32), "d": np.empty((0, 0, 0), np.float64)}
