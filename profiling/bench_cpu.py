@@ -2,7 +2,8 @@
 
 For every shape of the grid (cell x B x T x H, I = H, one layer, float32) the three libraries run
 the same weights and inputs, interleaved round by round (so drift and neighbours' noise hit all
-of them alike); the median of all timed calls is reported in µs per time step, with the ratio to the
+of them alike; each library's turn is a pause, a few ms of untimed calls, then ~20 ms of timed
+calls); the median of all timed calls is reported in µs per time step, with the ratio to the
 faster baseline and the shape's fraction of its floor:
 
 - floor = max(FLOPs / GEMM peak, recurrent weight bytes per step / memory bandwidth), both
@@ -64,6 +65,9 @@ def parse_args(argv=None):
     p.add_argument("--settle", default=0.3, type=float,
                    help="seconds of pause before each library's turn in a round (thread pools "
                         "spin up to ~0.2 s after their last call)")
+    p.add_argument("--warmup", default=0.005, type=float,
+                   help="seconds of untimed calls after each pause, at least one call (a core that "
+                        "was idle runs the first few ms after it up to ~3x slower)")
     p.add_argument("--libs", default="gpu_rnn,torch,ort", help="comma list of gpu_rnn, torch, ort")
     p.add_argument("--csv", default=None, help="write the rows as CSV here (and the machine and command "
                    "beside it, same name ending in .json)")
@@ -183,7 +187,7 @@ def make_ort(cell, layer, threads):
 
 # -- one shape ----------------------------------------------------------------------------------
 
-def bench_shape(np, cell, B, T, H, libs, threads, budget, ceil, settle=0.3):
+def bench_shape(np, cell, B, T, H, libs, threads, budget, ceil, settle=0.3, warmup=0.005):
     x = np.random.default_rng(B * 1000 + T + H).standard_normal((T, B, H), dtype=np.float32)
     layer, ours = make_ours(cell, H, seed=H + B)
     runs = {}
@@ -202,14 +206,21 @@ def bench_shape(np, cell, B, T, H, libs, threads, budget, ceil, settle=0.3):
     one = {k: min(_timeit(lambda: f(x)) for _ in range(3)) for k, f in runs.items()}
     # each round: every library in turn, a pause first: a pool that spins after its last call must
     # not steal a core from the next library (OpenBLAS's workers spin ~0.2 s after a call: with a
-    # 0.05 s pause the next library ran up to 3x slower on 2 cores, whichever it was), then
-    # ~20 ms of calls, each timed
+    # 0.05 s pause the next library ran up to 3x slower on 2 cores, whichever it was); then
+    # ``warmup`` seconds of untimed calls (at least one): after a pause the cores run slower
+    # for a few ms (measured, calls of 0.67 ms after a 0.05-1 s pause: the first 2.1-2.9x the
+    # steady time, the second 1.4-1.6x, the third ~1.15x), and without them the slower library,
+    # which makes fewer calls a round, would have more of its timed calls cold; then ~20 ms of
+    # calls, each timed
+    warm = {k: max(1, int(warmup / max(v, 1e-6) + 0.999)) for k, v in one.items()}
     chunk = {k: max(1, int(0.02 / max(v, 1e-6))) for k, v in one.items()}
     rounds = int(min(11, max(5, budget / max(max(one.values()), 0.02))))
     times = {k: [] for k in runs}
     for _ in range(rounds):
         for name, f in runs.items():
             time.sleep(settle)
+            for _ in range(warm[name]):
+                f(x)
             for _ in range(chunk[name]):
                 times[name].append(_timeit(lambda: f(x)))
     med = {k: float(np.median(v)) / T * 1e6 for k, v in times.items()}
@@ -307,7 +318,7 @@ def main(argv=None):
             for B in args.batch:
                 for T in args.seq:
                     r = bench_shape(np, cell, B, T, H, args.libs, args.threads, args.budget, ceil,
-                                    args.settle)
+                                    args.settle, args.warmup)
                     rows.append(r)
                     print(f"{cell:4s} B={B:3d} T={T:3d} H={H:4d}  gpu_rnn {r['gpu_rnn_us']:9.2f}  "
                           f"torch {r['torch_us']:9.2f}  ort {r['ort_us']:9.2f} µs/step  "
