@@ -277,7 +277,9 @@ def test_direct_call_writes_every_output(rng):
 def test_projection_blas_and_own(rng, dtype):
     """The input projection by BLAS and by the hand-written product agree with float64 NumPy."""
     # T * B a multiple of 4 (4, 3) or 1 (1, 1): a contiguous x is read in place, the others copied
-    for T, B, I, N in [(1, 1, 1, 1), (7, 3, 5, 13), (5, 2, 33, 68), (3, 17, 64, 257), (4, 3, 7, 19)]:
+    # I >= fast.WIDE_PANEL_K: panels of 3 vectors, else 2
+    for T, B, I, N in [(1, 1, 1, 1), (7, 3, 5, 13), (5, 2, 33, 68), (3, 17, 64, 257), (4, 3, 7, 19),
+                       (2, 3, 131, 37), (1, 1, 129, 50)]:
         x = rng.standard_normal((T, B, I)).astype(dtype)
         w = rng.standard_normal((N, I)).astype(dtype)
         bias = rng.standard_normal(N).astype(dtype)
@@ -292,7 +294,8 @@ def test_projection_blas_and_own(rng, dtype):
             wip = fast.pack(w, dtype)
             got = np.full((T, B, wip.shape[0] * wip.shape[2]), np.nan, dtype)
             fast.project_packed_into(xin, wip, bias, got)
-            pw = fast.panel_width(dtype)
+            pw = fast.panel_width(dtype, I)
+            assert wip.shape[2] == pw and pw == (3 if I >= fast.WIDE_PANEL_K else 2) * (32 // np.dtype(dtype).itemsize)
             assert got.shape == (T, B, -(-N // pw) * pw) and got.dtype == dtype
             assert np.abs(got[..., :N] - want).max() <= tol * max(1.0, np.abs(want).max()) * max(1, I) ** 0.5
             assert not got[..., N:].any()
@@ -303,13 +306,18 @@ def test_packed_product_against_float64(rng, dtype):
     """``rows_packed`` on ``pack(W)`` against float64 NumPy over awkward shapes (1, primes, 2^k+1,
     partial panels; one row: blocks of four panels and the rest one by one): every real entry
     right, the padding rows and columns exactly zero, nothing left unwritten (the output is
-    poisoned first)."""
-    pw = fast.panel_width(dtype)
-    for B, K, N in [(1, 1, 1), (3, 7, 5), (4, 64, 256), (5, 17, 33), (8, 129, 257), (13, 31, pw + 1),
-                    (1, 9, 9 * pw + 3), (1, 64, 8 * pw), (2, 5, 3)]:
+    poisoned first). Panels of 2 vectors (K < fast.WIDE_PANEL_K) and of 3, by default and forced
+    either way."""
+    vw = 32 // np.dtype(dtype).itemsize
+    cases = [(1, 1, 1), (3, 7, 5), (4, 64, 256), (5, 17, 33), (8, 129, 257), (13, 31, 2 * vw + 1),
+             (1, 9, 18 * vw + 3), (1, 64, 16 * vw), (2, 5, 3), (4, 128, 256), (13, 131, 3 * vw + 1),
+             (1, 130, 27 * vw + 5), (1, 257, 24 * vw), (3, 3, 7)]
+    for (B, K, N), nv in [(c, None) for c in cases] + [(c, nv) for c in cases[-6:] for nv in (2, 3)]:
         h = rng.standard_normal((B, K)).astype(dtype)
         w = rng.standard_normal((N, K)).astype(dtype)
-        wp = fast.pack(w, dtype)
+        wp = fast.pack(w, dtype, nv)
+        pw = (fast.panel_vectors(K) if nv is None else nv) * vw
+        assert nv is not None or pw == fast.panel_width(dtype, K)
         assert wp.shape == (-(-N // pw), K, pw) and wp.dtype == dtype and wp.flags.c_contiguous
         Bp = 1 if B == 1 else -(-B // fast.MR) * fast.MR  # one row runs unpadded (1 x 4 panels)
         hp = np.zeros((Bp, K), dtype)
@@ -320,15 +328,22 @@ def test_packed_product_against_float64(rng, dtype):
         tol = 1e-12 if dtype == np.float64 else 2e-6
         assert np.abs(acc[:B, :N] - want).max() <= tol * max(1.0, np.abs(want).max()) * K ** 0.5
         assert not np.isnan(acc).any() and not acc[:B, N:].any() and not acc[B:].any()
+    assert fast.panel_vectors(fast.WIDE_PANEL_K - 1) == 2 and fast.panel_vectors(fast.WIDE_PANEL_K) == 3
+    with pytest.raises(ValueError, match="nv must be 2 or 3"):
+        fast.pack(np.ones((9, 5), dtype), dtype, 4)
     # shapes the block would read out of bounds are refused before it runs
     h = np.zeros((4, 5), dtype)
     wp = fast.pack(np.ones((9, 5), dtype), dtype)
+    pw = wp.shape[2]
     with pytest.raises(ValueError, match="rows_packed"):
         fast.rows_packed(h[:3], wp, np.empty((3, wp.shape[0] * pw), dtype))
     with pytest.raises(ValueError, match="rows_packed"):
         fast.rows_packed(h[:, :4].copy(), wp, np.empty((4, wp.shape[0] * pw), dtype))
     with pytest.raises(ValueError, match="rows_packed"):
         fast.rows_packed(h, wp, np.empty((4, wp.shape[0] * pw - 1), dtype))
+    for width in (vw, 4 * vw):  # panels of neither width
+        with pytest.raises(ValueError, match="rows_packed"):
+            fast.rows_packed(h, np.zeros((2, 5, width), dtype), np.empty((4, 2 * width), dtype))
 
 
 def test_variant_choice(monkeypatch):
