@@ -420,3 +420,119 @@ def test_torch_cpu_tensors_in_numpy_out(mode, rng):
     for g, w in zip(got, want):
         assert isinstance(g, np.ndarray)
         np.testing.assert_array_equal(g, w)
+
+
+# -- the repeated call ------------------------------------------------------------------------------
+
+def _fast_ran(layer, monkeypatch):
+    """Make the whole call path fail, so that a call that succeeds took the fast one."""
+    def boom(*a, **k):
+        raise AssertionError("the whole call path ran")
+    monkeypatch.setattr(layer, "_check_input", boom)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("T, B, I, H", [(1, 1, 3, 5), (7, 3, 17, 13), (5, 9, 4, 129)])
+def test_repeated_call_fast_path(mode, dtype, T, B, I, H, rng, monkeypatch):
+    """A NumPy x alone, of a shape and dtype seen in the call before, runs the compiled layer
+    directly (the CPU backend's fast call): the same results as the whole path, fresh outputs
+    at every call, the plan recorded."""
+    layer = make(mode, I, H, dtype=dtype, seed=3, backend=None)
+    monkeypatch.setenv("GPU_RNN_BACKEND", "cpu")
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    first = flat(layer(x, backend="cpu"))  # a backend asked by the call: never the fast path
+    layer(x)
+    assert layer.__dict__.get("_fast_call") is None  # made at the second call of this shape
+    layer(x)
+    assert layer.__dict__.get("_fast_call") is not None
+    plan = layer.last_plan
+    layer.last_plan = None
+    with monkeypatch.context() as m:
+        _fast_ran(layer, m)
+        a = flat(layer(x))
+        b = flat(layer(x))
+    assert layer.last_plan is plan
+    want = flat(reference.call(layer, x))
+    tol = 1e-5 if dtype == "float32" else 1e-10
+    for u, v, w, f in zip(a, b, want, first):
+        assert u.dtype == np.dtype(dtype) and u.shape == w.shape
+        np.testing.assert_array_equal(u, f)
+        np.testing.assert_array_equal(u, v)
+        assert u is not v and not np.shares_memory(u, v)
+        assert scaled_err(u, w) < tol
+    a[0][:] = np.nan  # the caller owns the outputs: writing them changes no later call
+    np.testing.assert_array_equal(flat(layer(x))[0], first[0])
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_repeated_call_fast_path_steps_aside(mode, rng, monkeypatch):
+    """The fast call answers only for what it was made for; anything its plan or weights depend
+    on sends the call down the whole path, which gives the right answer."""
+    layer = make(mode, 4, 6, seed=1)
+    x = rng.standard_normal((5, 3, 4)).astype(np.float32)
+    layer(x)
+    layer(x)
+    assert layer.__dict__.get("_fast_call") is not None
+
+    def check(lay, xx, **kw):
+        for g, w in zip(flat(lay(xx, **kw)), flat(reference.call(lay, xx, **kw))):
+            assert scaled_err(g, w) < 1e-5
+    # new weights
+    layer.load_state_dict(make(mode, 4, 6, seed=2).state_dict())
+    check(layer, x)
+    # another shape, a non-contiguous view, another dtype, an unbatched input, hx, lengths
+    check(layer, rng.standard_normal((2, 3, 4)).astype(np.float32))
+    base = rng.standard_normal((10, 3, 8)).astype(np.float32)
+    check(layer, base[::2, :, ::2])
+    check(layer, x.astype(np.float64))
+    check(layer, x[:, 0])
+    h0 = rng.standard_normal((1, 3, 6)).astype(np.float32)
+    check(layer, x, hx=(h0, h0 + 1) if mode == "LSTM" else h0)
+    check(layer, x, lengths=np.array([5, 2, 4]))
+    # the layout: the same array read batch-first
+    layer.batch_first = True
+    check(layer, x)
+    layer.batch_first = False
+    # the layer's backend, and the environment's: an unknown name is refused, not served by
+    # the fast call made before it was set
+    layer(x)
+    layer(x)
+    layer.backend = "no-such-backend"
+    with pytest.raises(Exception, match="no-such-backend"):
+        layer(x)
+    layer.backend = None
+    monkeypatch.setenv("GPU_RNN_BACKEND", "cpu")
+    layer(x)
+    layer(x)
+    assert layer.__dict__.get("_fast_call") is not None
+    monkeypatch.setenv("GPU_RNN_BACKEND", "no-such-backend")
+    with pytest.raises(Exception, match="no-such-backend"):
+        layer(x)
+    monkeypatch.setenv("GPU_RNN_BACKEND", "cpu")
+    check(layer, x)
+
+
+def test_repeated_call_fast_path_follows_the_thread_count(rng):
+    """The variant depends on the thread count: a changed count makes a new plan."""
+    import numba
+
+    from gpu_rnn.kernels.cpu import fast
+    if numba.config.NUMBA_NUM_THREADS < 2 or not fast.parallel_ok():
+        pytest.skip("needs two numba threads and an OpenMP or TBB threading layer")
+    layer = make("LSTM", 64, 64, seed=1)
+    x = rng.standard_normal((50, 16, 64)).astype(np.float32)
+    want = flat(reference.call(layer, x))
+    old = numba.get_num_threads()
+    try:
+        numba.set_num_threads(2)
+        for _ in range(3):
+            got = flat(layer(x))
+        assert layer.last_plan.details["cpu_variant"] == "split"
+        numba.set_num_threads(1)
+        got1 = flat(layer(x))
+        assert layer.last_plan.details["cpu_variant"] == "serial"
+    finally:
+        numba.set_num_threads(old)
+    for g, h, w in zip(got, got1, want):
+        assert scaled_err(g, w) < 1e-5 and scaled_err(h, w) < 1e-5
