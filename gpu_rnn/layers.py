@@ -397,14 +397,14 @@ class RNNBase:
         return be, plan
 
     def _run(self, x, hx, lengths, backend):
-        simple = hx is None and lengths is None and backend is None and type(x) is np.ndarray
+        simple = lengths is None and backend is None and type(x) is np.ndarray
         if simple:
             # the repeated call, where the backend offers one (the CPU's): a function made for
-            # this x's shape and dtype that checks what the plan depends on and calls the
-            # compiled layer directly, or returns None (then the whole path below)
+            # this x's shape and dtype that checks what the plan depends on (and hx, if given)
+            # and calls the compiled layer directly, or returns None (then the whole path below)
             fast_call = self.__dict__.get("_fast_call")
             if fast_call is not None:
-                res = fast_call(x)
+                res = fast_call(x, hx)
                 if res is not None:
                     return res
         call, batched = self._check_input(x, hx, lengths)

@@ -536,3 +536,46 @@ def test_repeated_call_fast_path_follows_the_thread_count(rng):
         numba.set_num_threads(old)
     for g, h, w in zip(got, got1, want):
         assert scaled_err(g, w) < 1e-5 and scaled_err(h, w) < 1e-5
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_repeated_call_fast_path_with_state(mode, rng, monkeypatch):
+    """Initial states that are exactly what a call returns (NumPy, C-contiguous, the layer's
+    dtype and shapes) go down the fast path too, as the states of a chunked stream or of
+    step() do; any other hx takes the whole path, with its conversions and its errors."""
+    layer = make(mode, 4, 6, seed=1)
+    x = rng.standard_normal((3, 2, 4)).astype(np.float32)
+    out, st = layer(x)
+    layer(x)
+    assert layer.__dict__.get("_fast_call") is not None
+    with monkeypatch.context() as m:
+        _fast_ran(layer, m)
+        got = flat(layer(x, st))
+    want = flat(reference.call(layer, x, st))
+    for g, w in zip(got, want):
+        assert scaled_err(g, w) < 1e-5
+    # step() after step(), each from the state the one before returned, on the fast path
+    layer(x[:1])
+    layer(x[:1])
+    s = st
+    with monkeypatch.context() as m:
+        _fast_ran(layer, m)
+        for t in range(3):
+            y, s = layer.step(x[t], s)
+            np.testing.assert_allclose(y, got[0][t], rtol=0, atol=1e-6)
+    # other states: converted or refused by the whole path, as without a fast call
+    st64 = tuple(a.astype(np.float64) for a in st) if mode == "LSTM" else st.astype(np.float64)
+    for g, w in zip(flat(layer(x, st64)), want):
+        assert scaled_err(g, w) < 1e-5
+    if mode == "LSTM":
+        for g, w in zip(flat(layer(x, list(st))), want):
+            assert scaled_err(g, w) < 1e-5
+        with pytest.raises(ShapeError, match="c0"):
+            layer(x, (st[0], st[1][:, :1]))
+        with pytest.raises(ShapeError):
+            layer(x, st[0])
+    else:
+        with pytest.raises(ShapeError, match="h0"):
+            layer(x, st[:, :1])
+    with pytest.raises(DTypeError):
+        layer(x, (st[0].astype(np.int32), st[1]) if mode == "LSTM" else st.astype(np.int32))

@@ -72,19 +72,21 @@ class CpuBackend:
         return params, prepared
 
     def fast_call(self, layer, x, call, plan):
-        """``f(x) -> (out, h_n, c_n) or None`` repeating this call (a NumPy ``x`` alone, the plan
-        of the auto or the layer's backend) for inputs of the same shape and dtype, or None
-        where it does not apply: one layer and direction of a plain cell, time-major, ``x``
-        C-contiguous in the layer's dtype (taken as it lies). It calls the compiled layer
-        directly with the zero initial states and full lengths made here (the kernels never
-        write them) and fresh outputs, and answers None, so that the caller takes the whole
-        path, when anything the plan or the prepared weights depend on has changed: the
-        weights' version, the layer's layout or dtype, the backend request or environment, the
-        thread count. A T = 1 call (B=1, H=64) takes about half the time of the whole path."""
+        """``f(x, hx) -> (out, h_n, c_n) or None`` repeating this call (a NumPy ``x``, no
+        ``lengths``, the plan of the auto or the layer's backend) for inputs of the same shape
+        and dtype, or None where it does not apply: one layer and direction of a plain cell,
+        time-major, ``x`` C-contiguous in the layer's dtype (taken as it lies). It calls the
+        compiled layer directly with fresh outputs and, for ``hx=None``, the zero initial
+        states made here (the kernels never write them); a given ``hx`` is taken as it lies
+        when it is exactly what the whole path would pass on (NumPy, C-contiguous, the layer's
+        dtype, shapes ``(1, B, P)`` and ``(1, B, H)``: the states a call returns), else None.
+        It answers None, so that the caller takes the whole path (and its checks and errors),
+        when anything the plan or the prepared weights depend on has changed: the weights'
+        version, the layer's layout or dtype, the backend request or environment, the thread
+        count. A T = 1 call (B=1, H=64) takes about half the time of the whole path."""
         kcpu, cells = _kernels()
         fast = kcpu.fast
-        if (call.device or call.batch_first or call.h0 is not None or call.c0 is not None
-                or call.lengths is not None or call.x is not x or x.ndim != 3
+        if (call.device or call.batch_first or call.lengths is not None or call.x is not x or x.ndim != 3
                 or layer.num_layers * layer.num_directions != 1
                 or getattr(layer, "cell_mode", None) is not None
                 or getattr(layer, "cell_peepholes", None) is not None):
@@ -108,17 +110,37 @@ class CpuBackend:
         threads = fast.num_threads()
         lstm = layer.mode == "LSTM"
         run, num_threads, request_key, empty = fast.run_prepared, fast.num_threads, dispatch.request_key, np.empty
+        ndarray = np.ndarray
+        hshape, cshape = (1, B, P), (1, B, H)
 
-        def fast_call(x):
+        def state(a, want):
+            """``a[0]`` if ``a`` is exactly an array the whole path passes on as it lies."""
+            if type(a) is not ndarray or a.shape != want or a.dtype != dt or not a.flags.c_contiguous:
+                return None
+            return a[0]
+
+        def fast_call(x, hx):
             if (x.shape != shape or x.dtype != dt or not x.flags.c_contiguous
                     or layer._version != version or layer.batch_first or layer.dtype != ldt
                     or layer.backend != lbackend or num_threads() != threads
                     or request_key(None, lbackend, False) != rkey):
                 return None
+            h, c = h0, c0
+            if hx is not None:
+                if lstm:
+                    if type(hx) is not tuple or len(hx) != 2:
+                        return None
+                    h, c = state(hx[0], hshape), state(hx[1], cshape)
+                    if h is None or c is None:
+                        return None
+                else:
+                    h = state(hx, hshape)
+                    if h is None:
+                        return None
             out = empty((T, B, P), dt)
-            h_n = empty((1, B, P), dt)
-            c_n = empty((1, B, H), dt)
-            run(mode, x, prep, h0, c0, lengths, False, out, 0, h_n[0], c_n[0])
+            h_n = empty(hshape, dt)
+            c_n = empty(cshape, dt)
+            run(mode, x, prep, h, c, lengths, False, out, 0, h_n[0], c_n[0])
             layer.last_plan = plan
             return out, h_n, (c_n if lstm else None)
         return fast_call
