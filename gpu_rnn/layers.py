@@ -404,7 +404,7 @@ class RNNBase:
             # and calls the compiled layer directly, or returns None (then the whole path below)
             fast_call = self.__dict__.get("_fast_call")
             if fast_call is not None:
-                res = fast_call(x, hx)
+                res = fast_call(self, x, hx)
                 if res is not None:
                     return res
         call, batched = self._check_input(x, hx, lengths)
@@ -426,6 +426,14 @@ class RNNBase:
             if c_n is not None:
                 c_n = c_n.reshape(c_n.shape[0], c_n.shape[2])
         return out, h_n, c_n
+
+    def __getstate__(self):
+        """Pickled and copied without the repeated call's fast function (a closure, which
+        pickle cannot take; the copy makes its own)."""
+        state = dict(self.__dict__)
+        state.pop("_fast_call", None)
+        state.pop("_fast_key", None)
+        return state
 
     def step(self, x_t, hx=None, *, backend=None):
         """One time step through all layers: ``x_t`` (B, I) or (I,) -> ``(y, hx)`` with

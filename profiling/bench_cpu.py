@@ -28,6 +28,7 @@ another process on the same cores makes every number meaningless.
 """
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -212,7 +213,7 @@ def bench_shape(np, cell, B, T, H, libs, threads, budget, ceil, settle=0.3, warm
     # steady time, the second 1.4-1.6x, the third ~1.15x), and without them the slower library,
     # which makes fewer calls a round, would have more of its timed calls cold; then ~20 ms of
     # calls, each timed
-    warm = {k: max(1, int(warmup / max(v, 1e-6) + 0.999)) for k, v in one.items()}
+    warm = {k: max(1, math.ceil(warmup / max(v, 1e-6))) for k, v in one.items()}
     chunk = {k: max(1, int(0.02 / max(v, 1e-6))) for k, v in one.items()}
     rounds = int(min(11, max(5, budget / max(max(one.values()), 0.02))))
     times = {k: [] for k in runs}

@@ -579,3 +579,27 @@ def test_repeated_call_fast_path_with_state(mode, rng, monkeypatch):
             layer(x, st[:, :1])
     with pytest.raises(DTypeError):
         layer(x, (st[0].astype(np.int32), st[1]) if mode == "LSTM" else st.astype(np.int32))
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_repeated_call_fast_path_pickle_and_copy(mode, rng):
+    """A layer with a fast call pickles and copies as before; a copy checks its own weights."""
+    import copy
+    import pickle
+    layer = make(mode, 4, 6, seed=1)
+    x = rng.standard_normal((3, 2, 4)).astype(np.float32)
+    first = flat(layer(x))
+    layer(x)
+    layer(x)
+    assert layer.__dict__.get("_fast_call") is not None
+    again = pickle.loads(pickle.dumps(layer))
+    for g, w in zip(flat(again(x)), first):
+        np.testing.assert_array_equal(g, w)
+    other = make(mode, 4, 6, seed=2)
+    for dup in (copy.deepcopy(layer), copy.copy(layer)):
+        dup.load_state_dict(other.state_dict())
+        for _ in range(3):
+            for g, w in zip(flat(dup(x)), flat(other(x))):
+                np.testing.assert_array_equal(g, w)
+        for g, w in zip(flat(layer(x)), first):
+            np.testing.assert_array_equal(g, w)

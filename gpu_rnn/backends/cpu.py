@@ -72,7 +72,7 @@ class CpuBackend:
         return params, prepared
 
     def fast_call(self, layer, x, call, plan):
-        """``f(x, hx) -> (out, h_n, c_n) or None`` repeating this call (a NumPy ``x``, no
+        """``f(layer, x, hx) -> (out, h_n, c_n) or None`` repeating this call (a NumPy ``x``, no
         ``lengths``, the plan of the auto or the layer's backend) for inputs of the same shape
         and dtype, or None where it does not apply: one layer and direction of a plain cell,
         time-major, ``x`` C-contiguous in the layer's dtype (taken as it lies). It calls the
@@ -83,7 +83,9 @@ class CpuBackend:
         It answers None, so that the caller takes the whole path (and its checks and errors),
         when anything the plan or the prepared weights depend on has changed: the weights'
         version, the layer's layout or dtype, the backend request or environment, the thread
-        count. A T = 1 call (B=1, H=64) takes about half the time of the whole path."""
+        count. A T = 1 call (B=1, H=64) takes about half the time of the whole path. The layer
+        is an argument, not held: the function, kept on the layer, makes no reference cycle,
+        and a copy of the layer that kept it would still check its own state."""
         kcpu, cells = _kernels()
         fast = kcpu.fast
         if (call.device or call.batch_first or call.lengths is not None or call.x is not x or x.ndim != 3
@@ -119,10 +121,10 @@ class CpuBackend:
                 return None
             return a[0]
 
-        def fast_call(x, hx):
+        def fast_call(lay, x, hx):
             if (x.shape != shape or x.dtype != dt or not x.flags.c_contiguous
-                    or layer._version != version or layer.batch_first or layer.dtype != ldt
-                    or layer.backend != lbackend or num_threads() != threads
+                    or lay._version != version or lay.batch_first or lay.dtype != ldt
+                    or lay.backend != lbackend or num_threads() != threads
                     or request_key(None, lbackend, False) != rkey):
                 return None
             h, c = h0, c0
@@ -141,7 +143,7 @@ class CpuBackend:
             h_n = empty(hshape, dt)
             c_n = empty(cshape, dt)
             run(mode, x, prep, h, c, lengths, False, out, 0, h_n[0], c_n[0])
-            layer.last_plan = plan
+            lay.last_plan = plan
             return out, h_n, (c_n if lstm else None)
         return fast_call
 
