@@ -45,6 +45,8 @@ SMOKE="${DEVICE_CHECK_SMOKE:-0}"
 export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$PWD/.numba_cache}"
 start=$(date +%s)
 DEADLINE_S="${DEVICE_CHECK_DEADLINE_S:-440}"
+TEST_S="${DEVICE_CHECK_TEST_S:-240}"
+export PYTHONUNBUFFERED=1
 deadline=$(( start + DEADLINE_S ))
 now() { date +%s; }
 
@@ -71,11 +73,20 @@ else
     use_shim
   fi
 fi
-"$PY" - <<'PYEOF'
+preflight() {
+  "$PY" - <<'PYEOF'
+import time
+import numpy as np
 import numba, numpy
 from numba import cuda
 import gpu_rnn
-print("numba", numba.__version__, "numpy", numpy.__version__, "gpu_rnn from", gpu_rnn.__file__)
+try:
+    from importlib.metadata import version
+    ncv = version("numba-cuda")
+except Exception:  # noqa: BLE001
+    ncv = "-"
+print("numba", numba.__version__, "numba-cuda", ncv, "numpy", numpy.__version__,
+      "gpu_rnn from", gpu_rnn.__file__)
 dev = cuda.get_current_device()
 print("device:", getattr(dev, "name", "simulator"), "cc", getattr(dev, "compute_capability", "-"))
 print("backends:", gpu_rnn.available_backends(), "default:", gpu_rnn.default_backend())
@@ -84,7 +95,52 @@ try:
     print("torch", torch.__version__, "cuda", torch.cuda.is_available())
 except ImportError as e:
     print("torch not importable:", e)
+
+
+# a plain kernel and a cooperative one (grid sync links the device runtime), compiled and run
+@cuda.jit
+def _add(a):
+    i = cuda.grid(1)
+    if i < a.shape[0]:
+        a[i] += 1.0
+
+
+@cuda.jit
+def _sync(a):
+    g = cuda.cg.this_grid()
+    i = cuda.grid(1)
+    if i < a.shape[0]:
+        a[i] = 1.0
+    g.sync()
+    if i == 0:
+        s = 0.0
+        for k in range(a.shape[0]):
+            s += a[k]
+        a[0] = s
+
+
+t0 = time.perf_counter()
+a = cuda.to_device(np.zeros(300))
+_add[3, 128](a)
+ok1 = a.copy_to_host().sum() == 300
+blocks = 1 if getattr(dev, "name", "simulator") == "simulator" else 4
+b = cuda.to_device(np.zeros(blocks * 64))
+_sync[blocks, 64](b)
+ok2 = b.copy_to_host()[0] == blocks * 64
+print(f"preflight kernels: plain {'ok' if ok1 else 'WRONG'}, grid sync over {blocks} blocks "
+      f"{'ok' if ok2 else 'WRONG'} ({time.perf_counter() - t0:.1f} s with compiles)")
+raise SystemExit(0 if ok1 and ok2 else 1)
 PYEOF
+}
+if ! preflight; then
+  if [ "$SMOKE" != 1 ] && [ -z "${CUDA_HOME:-}" ] && [ -d /usr/local/cuda ]; then
+    echo "preflight failed; again with CUDA_HOME=/usr/local/cuda"
+    export CUDA_HOME=/usr/local/cuda
+    preflight || echo "preflight failed again (continuing: the tests say where)"
+  else
+    echo "preflight failed (continuing: the tests say where)"
+  fi
+fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 
 status=0
@@ -92,7 +148,13 @@ if [ "$SMOKE" = 1 ]; then
   echo "pytest -m gpu: skipped (smoke run)" > "$OUT_DIR/pytest_gpu.log"
 else
   echo "== pytest -m gpu tests/cuda ($(( $(now) - start )) s)"
-  timeout 240 "$PY" -m pytest -q -m gpu tests/cuda -p no:cacheprovider --maxfail=5 --durations=10 2>&1 | tee "$OUT_DIR/pytest_gpu.log" || status=$?
+  # several workers when pytest-xdist is there (the compiles dominate), a per-test limit when
+  # pytest-timeout is (a hung launch ends its worker, not the run)
+  extra=()
+  "$PY" -c "import xdist" 2>/dev/null && extra+=(-n "${DEVICE_CHECK_WORKERS:-4}")
+  "$PY" -c "import pytest_timeout" 2>/dev/null && extra+=(--timeout 120 -o timeout_method=thread)
+  timeout "$TEST_S" "$PY" -m pytest -q -m gpu tests/cuda -p no:cacheprovider --maxfail=25 \
+    --tb=short -rfE --durations=15 "${extra[@]}" 2>&1 | tee "$OUT_DIR/pytest_gpu.log" || status=$?
   [ "$status" -ne 0 ] && echo "pytest -m gpu: exit status $status (continuing to the benchmark)"
 fi
 

@@ -769,15 +769,31 @@ def _compiled(k, args):
     limit = device_props()["max_shared_per_block"]
     if limit > 48 * 1024:
         try:
-            from numba.cuda.cudadrv.driver import binding, driver
-            cufunc = compiled._codelibrary.get_cufunc()
-            attr = binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-            driver.cuKernelSetAttribute(attr, limit, cufunc.handle, cufunc.device.id)
+            _raise_dynamic_smem(compiled, limit)
         except Exception as e:  # noqa: BLE001 - any driver refusal means no launch
             raise PersistentUnavailable(
                 f"cannot raise the kernel's dynamic shared memory to {limit} bytes: {e}") from e
     _COMPILED[key] = compiled
     return compiled
+
+
+def _raise_dynamic_smem(compiled, limit):
+    """Set ``CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`` of a compiled kernel. numba-cuda
+    loads kernels either as library kernels (``CUkernel``: ``cuKernelSetAttribute`` with the
+    device) or as module functions (``CUfunction``: ``cuFuncSetAttribute``), by version; the
+    first call the handle accepts wins."""
+    from numba.cuda.cudadrv.driver import binding, driver
+    cufunc = compiled._codelibrary.get_cufunc()
+    attr = binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    errors = []
+    for call in (lambda: driver.cuKernelSetAttribute(attr, limit, cufunc.handle, cufunc.device.id),
+                 lambda: driver.cuFuncSetAttribute(cufunc.handle, attr, limit)):
+        try:
+            call()
+            return
+        except Exception as e:  # noqa: BLE001 - try the other handle kind
+            errors.append(f"{type(e).__name__}: {e}")
+    raise RuntimeError("; ".join(errors))
 
 
 def _check_co_resident(compiled, plan):
