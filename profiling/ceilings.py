@@ -149,12 +149,13 @@ def measure_cuda(quick=False):
         reps = 3 if quick else 5
     blocks = sms * blocks_per_sm
     n = blocks * threads
+    from ..kernels.cuda.common import configure as launch
     from ._cuda_kernels import FMA_CHAINS, fma_kernel, smem_kernel
     peak = {}
     fma = fma_kernel
     for dt in ("float32", "float64"):
         d_out = cuda.to_device(np.linspace(0.1, 0.2, n).astype(dt))
-        t = _time_cuda(lambda: fma[blocks, threads](d_out, n_iter), reps, sim)
+        t = _time_cuda(lambda: launch(fma, blocks, threads)(d_out, n_iter), reps, sim)
         peak[dt] = 2.0 * FMA_CHAINS * n * n_iter / t
     src = cuda.to_device(np.ones(nbytes // 4, np.float32))
     dst = cuda.device_array_like(src)
@@ -162,7 +163,7 @@ def measure_cuda(quick=False):
     bw = 2.0 * nbytes / t
     smem = smem_kernel
     d_out = cuda.device_array(n, np.float32)
-    t = _time_cuda(lambda: smem[blocks, threads](d_out, n_iter), reps, sim)
+    t = _time_cuda(lambda: launch(smem, blocks, threads)(d_out, n_iter), reps, sim)
     smem_bw = 2.0 * 4.0 * n * n_iter / t
     label = "cuda simulator" if sim else f"cuda: {name} ({sms} SMs)"
     notes = {
@@ -201,14 +202,15 @@ def measure_grid_sync(sms, quick=False, threads=256):
     ``(seconds, note)``."""
     from numba import cuda
 
+    from ..kernels.cuda.common import configure as launch
     from ._cuda_kernels import grid_sync_kernel
     out = cuda.device_array(1, np.int64)
     n = 1000 if quick else 4000
     reps = 3 if quick else 5
     compiled = grid_sync_kernel.compile((grid_sync_kernel.typeof_pyval(out), grid_sync_kernel.typeof_pyval(n)))
     blocks = max(1, min(int(sms), int(compiled.max_cooperative_grid_blocks(threads))))
-    t1 = _time_cuda(lambda: grid_sync_kernel[blocks, threads](out, n), reps, False)
-    t2 = _time_cuda(lambda: grid_sync_kernel[blocks, threads](out, 2 * n), reps, False)
+    t1 = _time_cuda(lambda: launch(grid_sync_kernel, blocks, threads)(out, n), reps, False)
+    t2 = _time_cuda(lambda: launch(grid_sync_kernel, blocks, threads)(out, 2 * n), reps, False)
     if int(out.copy_to_host()[0]) != 2 * n:
         raise RuntimeError("the barrier kernel did not run its loop")
     return max(t2 - t1, 0.0) / n, (f"this_grid().sync() in a cooperative launch of {blocks}x{threads} "

@@ -80,6 +80,8 @@ import numpy as np
 import numba, numpy
 from numba import cuda
 import gpu_rnn
+if getattr(cuda, "is_available", lambda: False)() or numba.config.ENABLE_CUDASIM:
+    import gpu_rnn.kernels.cuda.common  # noqa: F401 - what the library imports before compiling
 try:
     from importlib.metadata import version
     ncv = version("numba-cuda")
@@ -132,15 +134,25 @@ print(f"preflight kernels: plain {'ok' if ok1 else 'WRONG'}, grid sync over {blo
 raise SystemExit(0 if ok1 and ok2 else 1)
 PYEOF
 }
-if ! preflight; then
-  if [ "$SMOKE" != 1 ] && [ -z "${CUDA_HOME:-}" ] && [ -d /usr/local/cuda ]; then
-    echo "preflight failed; again with CUDA_HOME=/usr/local/cuda"
-    export CUDA_HOME=/usr/local/cuda
-    preflight || echo "preflight failed again (continuing: the tests say where)"
-  else
-    echo "preflight failed (continuing: the tests say where)"
+# When the preflight fails: DEVICE_CHECK_WHEELS, a folder of wheels (an older NumPy, say),
+# installed into a site folder put first on PYTHONPATH; then CUDA_HOME=/usr/local/cuda
+pf_ok=0
+preflight && pf_ok=1
+if [ "$pf_ok" = 0 ] && [ -n "${DEVICE_CHECK_WHEELS:-}" ] && ls "$DEVICE_CHECK_WHEELS"/*.whl >/dev/null 2>&1; then
+  echo "preflight failed; again with the wheels in $DEVICE_CHECK_WHEELS"
+  site=/tmp/device_check_site
+  if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target "$site" "$DEVICE_CHECK_WHEELS"/*.whl; then
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+    preflight && pf_ok=1
   fi
 fi
+if [ "$pf_ok" = 0 ] && [ "$SMOKE" != 1 ] && [ -z "${CUDA_HOME:-}" ] && [ -d /usr/local/cuda ]; then
+  echo "preflight failed; again with CUDA_HOME=/usr/local/cuda"
+  export CUDA_HOME=/usr/local/cuda
+  preflight && pf_ok=1
+fi
+[ "$pf_ok" = 1 ] || echo "preflight failed (continuing: the tests say where)"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 
 status=0

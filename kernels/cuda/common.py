@@ -30,6 +30,13 @@ from numba import cuda
 
 from .. import cells
 
+# numba-cuda (0.30 and earlier) registers an overload of ``np.row_stack`` when its array
+# functions first load (at the first compile), without checking that NumPy has it; NumPy 2.5
+# removed that alias of ``np.vstack``, so there every CUDA compile failed with AttributeError.
+# The alias is put back, as it was (the same function), before anything compiles.
+if not hasattr(np, "row_stack"):
+    np.row_stack = np.vstack
+
 def _is_simulator():
     from numba import config
     return bool(getattr(config, "ENABLE_CUDASIM", False))
@@ -188,15 +195,35 @@ if not SIMULATOR:
     load, store, zero, cdtype = _load, _store, _zero, _cdtype
 
 
+#: numba's low-occupancy warning (grids under 128 blocks); newer numba-cuda puts terminal bold
+#: codes before it, so the pattern may start anywhere
+_LOW_OCCUPANCY = r"(?s).*Grid size \d+ will likely result in GPU under-utilization"
+#: launch configurations made by :func:`configure`, reused (a small dict: kernels x grids)
+_LAUNCH = {}
+
+
 def configure(kernel, grid, block, stream=0, sharedmem=0):
-    """``kernel[grid, block, stream, sharedmem]`` without numba's low-occupancy warning (grids under 128
-    blocks): a small batch or hidden size is a legitimate small grid, not a mistake, and the
-    warning is a NumbaPerformanceWarning, which the test suite turns into an error to catch
-    hidden host<->device copies."""
+    """``kernel[grid, block, stream, sharedmem]`` without numba's low-occupancy warning: a
+    small batch or hidden size is a legitimate small grid, not a mistake, and the warning is a
+    NumbaPerformanceWarning, which the test suite turns into an error to catch hidden
+    host<->device copies. The configuration is kept and reused, so the warning filter (a few
+    microseconds) is paid once per kernel, grid and stream, not per launch."""
+    key = (kernel, grid, block, stream, sharedmem)
+    try:
+        return _LAUNCH[key]
+    except KeyError:
+        pass
+    except TypeError:   # an unhashable stream: made each time
+        key = None
     import warnings
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU under-utilization")
-        return kernel[grid, block, stream, sharedmem]
+        warnings.filterwarnings("ignore", message=_LOW_OCCUPANCY)
+        cfg = kernel[grid, block, stream, sharedmem]
+    if key is not None:
+        if len(_LAUNCH) >= 4096:
+            _LAUNCH.clear()
+        _LAUNCH[key] = cfg
+    return cfg
 
 
 def _device_jit_nvvm():
