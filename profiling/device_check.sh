@@ -7,7 +7,8 @@
 #
 # OUT_DIR (or $OUT, else ./device_check_out) receives pytest's log, one folder per benchmark
 # group (summary.csv, phases.csv, profile.json, PNGs), BENCHMARKS.md (a copy of the project's
-# with the CUDA tables rendered from those CSVs) and tables.md (the same tables, as printed).
+# with the CUDA tables rendered from those CSVs) and tables.md (the same tables, as printed);
+# packed into five files when OUT_DIR is $OUT (below).
 #
 # Time: the whole run stays under 8 minutes. The GPU tests get at most 240 s; the benchmark
 # groups then run in priority order until DEADLINE_S (440 s after the start). Each group is one
@@ -40,6 +41,29 @@ for a in "$@"; do
 done
 mkdir -p "$OUT_DIR"
 OUT_DIR="$(cd "$OUT_DIR" && pwd)"
+
+# Packed output (DEVICE_CHECK_PACK=1; the default when OUT_DIR is $OUT, a folder from which only
+# a few files come back): the run works in a scratch folder, and OUT_DIR receives five files:
+# device_check.log (everything printed), tables.md, pytest_gpu.log, BENCHMARKS.md and
+# device_check.tar.gz (the whole scratch folder: each group's CSVs, JSON, plots and log).
+if [ -z "${DEVICE_CHECK_INNER:-}" ]; then
+  default_pack=0
+  if [ -n "${OUT:-}" ] && [ -d "$OUT" ] && [ "$OUT_DIR" = "$(cd "$OUT" && pwd)" ]; then
+    default_pack=1
+  fi
+  if [ "${DEVICE_CHECK_PACK:-$default_pack}" = 1 ]; then
+    work="${TMPDIR:-/tmp}/device_check_work"
+    rm -rf "$work" && mkdir -p "$work"
+    rc=0
+    DEVICE_CHECK_INNER=1 bash "$0" "$work" 2>&1 | tee "$work/device_check.log" || rc=$?
+    for f in device_check.log tables.md pytest_gpu.log BENCHMARKS.md; do
+      [ -f "$work/$f" ] && cp "$work/$f" "$OUT_DIR/"
+    done
+    tar czf "$OUT_DIR/device_check.tar.gz" --exclude=pkgshim -C "$(dirname "$work")" "$(basename "$work")"
+    echo "packed into $OUT_DIR: $(cd "$OUT_DIR" && ls | tr '\n' ' ')"
+    exit "$rc"
+  fi
+fi
 PY="${PYTHON:-python}"
 SMOKE="${DEVICE_CHECK_SMOKE:-0}"
 export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$PWD/.numba_cache}"

@@ -75,12 +75,28 @@ def _csv(path):
 def test_device_check_harness_calls_on_tiny_shapes(tmp_path):
     """``profiling/device_check.sh`` with DEVICE_CHECK_SMOKE=1: every harness call of the GPU
     benchmark (the same flags but the shapes) runs as a user runs it, both CUDA variants per
-    configuration, torch asked for and skipped with the reason; then the render and the table."""
-    out = tmp_path / "out"
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", DEVICE_CHECK_SMOKE="1", PYTHON=sys.executable, OUT=str(out))
+    configuration, torch asked for and skipped with the reason; then the render and the table.
+    With ``OUT`` set (as on the device machine, which returns only a few files from it) the run
+    is packed into five files."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (tmp_path / "tmp").mkdir()
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", DEVICE_CHECK_SMOKE="1", PYTHON=sys.executable,
+               OUT=str(dest), TMPDIR=str(tmp_path / "tmp"))
+    env.pop("DEVICE_CHECK_PACK", None)
     p = subprocess.run(["bash", os.path.join(ROOT, "profiling", "device_check.sh")], env=env, cwd=tmp_path,
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    assert sorted(os.listdir(dest)) == ["BENCHMARKS.md", "device_check.log", "device_check.tar.gz",
+                                        "pytest_gpu.log", "tables.md"]
+    import tarfile
+    with tarfile.open(dest / "device_check.tar.gz") as tar:
+        tar.extractall(tmp_path / "x", filter="data")
+    out = tmp_path / "x" / "device_check_work"
+    assert (dest / "device_check.log").read_text() == (out / "device_check.log").read_text()
+    assert "== done" in (dest / "device_check.log").read_text()
+    assert (dest / "tables.md").read_text() == (out / "tables.md").read_text()
+    assert not (out / "pkgshim").exists()
     for g in GROUPS:
         rows = _csv(out / g / "summary.csv")
         assert [r["impl"] for r in rows] == ["gpu_rnn:cuda:stepwise", "gpu_rnn:cuda:persistent"], g
@@ -100,7 +116,7 @@ def test_device_check_harness_calls_on_tiny_shapes(tmp_path):
     for png in ("time_per_step.png", "roofline_cuda_simulator.png"):
         b = (out / "targets" / png).read_bytes()
         assert len(b) > 1000 and b.startswith(PNG)
-    md = (out / "BENCHMARKS.md").read_text()
+    md = (dest / "BENCHMARKS.md").read_text()
     assert "<!-- BEGIN bench_cpu source=" in md  # a copy of the project's file ...
     for g in GROUPS:  # ... with every group's table rendered from its CSV
         assert f"<!-- BEGIN cuda-{g} source={g}/summary.csv -->" in md
