@@ -178,10 +178,13 @@ def _host_params(layer, dt):
 
 
 def _generate_cpu(layer, spec, x0, head, embedding):
-    """The CPU loop: one fused step of the whole stack per iteration (``kernels.cpu.step``),
-    then the head, the argmax and the lookup in NumPy on the same buffers."""
+    """The CPU loop: all steps in one compiled loop (``kernels.cpu.generation``) where every
+    layer runs on one thread; else one fused step of the whole stack per iteration
+    (``kernels.cpu.step``, its layers on the threads), then the head, the argmax and the lookup
+    in NumPy on the same buffers."""
     from .kernels import cells
     from .kernels import cpu as kcpu
+    from .kernels.cpu import generation as kgen
     if layer.dtype not in ("float32", "float64"):
         raise DTypeError(f"backend 'cpu' computes in float32 or float64; dtype {layer.dtype!r} is a CUDA storage dtype")
     dt = np.dtype(layer.dtype)
@@ -208,6 +211,19 @@ def _generate_cpu(layer, spec, x0, head, embedding):
     bias = None if head is None or head.bias is None else head.bias.astype(dt)
     outputs = np.empty((steps, B, V), dt)
     tokens = np.zeros((steps, B), np.int64)
+    compiled = kgen.plan(mode, dt, prepared, B, spec.I)
+    if compiled is not None:
+        # every step in one compiled loop (the layers on one thread, as their calls would run)
+        layers, blas = compiled
+        h, c = h.copy(), c.copy()  # updated in place: never the caller's hx
+        none2 = np.empty((0, 0), dt)
+        kgen.generate_loop(mode, layers, blas, x, h, c, none2 if w_t is None else w_t,
+                           np.empty(0, dt) if bias is None else np.ascontiguousarray(bias),
+                           none2 if emb_w is None else emb_w, outputs, tokens)
+        if layer.mode != "LSTM":
+            c = np.zeros((L, B, H), dt)
+        return outputs, h, c, tokens
+    # a layer that would run on several threads (SPLIT, HSPLIT): stepped from here
     for t in range(steps):
         y, h, c = kcpu.step(mode, x, params, h, c, prepared)
         if w_t is not None:

@@ -409,3 +409,90 @@ def test_cuda_generation_kernels_compile(monkeypatch, dtype):
             assert not lines, "float32 kernel does float64 arithmetic:\n" + "\n".join(lines[:10])
         else:
             assert lines, "a float64 kernel computes in float64"
+
+
+# -- the compiled CPU loop ------------------------------------------------------------------------
+def _python_loop(monkeypatch):
+    """Make generate() step the stack from Python (the path for layers on several threads)."""
+    from gpu_rnn.kernels.cpu import generation as kgen
+    monkeypatch.setattr(kgen, "plan", lambda *a, **k: None)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_generate_compiled_loop_ran_and_matches_the_python_loop(mode, dtype, rng, monkeypatch):
+    """Small layers generate in one compiled loop (the per-step driver is never called), with
+    the same numbers, bit for bit, as stepping the stack from Python: tokens, head, projection,
+    three layers, given states."""
+    from gpu_rnn.kernels import cpu as kcpu
+    I, H, V, B, steps = 5, 7, 13, 3, 9
+    layer = make(mode, I, H, L=3, dtype=dtype, seed=21, proj=4 if mode == "LSTM" else 0)
+    head = gpu_rnn.Linear(layer.output_size, V, dtype=dtype, seed=22)
+    head.weight *= 4
+    emb = gpu_rnn.Embedding(V, I, dtype=dtype, seed=23)
+    hx = rand_state(layer, B, rng)
+    hx = tuple(a.astype(dtype) for a in hx) if isinstance(hx, tuple) else hx.astype(dtype)
+    x0 = np.array([0, 5, 12])
+    with monkeypatch.context() as m:
+        m.setattr(kcpu, "step", lambda *a, **k: pytest.fail("stepped from Python"))
+        got = gpu_rnn.generate(layer, x0, steps, hx, head=head, embedding=emb)
+    _python_loop(monkeypatch)
+    want = gpu_rnn.generate(layer, x0, steps, hx, head=head, embedding=emb)
+    np.testing.assert_array_equal(got[2], want[2])
+    assert len(np.unique(got[2])) > 1
+    np.testing.assert_array_equal(got[0], want[0])
+    for a, b in zip(np.atleast_1d(got[1]) if mode != "LSTM" else got[1],
+                    np.atleast_1d(want[1]) if mode != "LSTM" else want[1]):
+        np.testing.assert_array_equal(a, b)
+    ref, _, _, rtok = ref_generate(layer, np.asarray(emb.weight, np.float64)[x0], steps,
+                                   tuple(np.asarray(a, np.float64) for a in hx) if mode == "LSTM"
+                                   else np.asarray(hx, np.float64), head=head, embedding=emb)
+    np.testing.assert_array_equal(got[2], rtok)
+    (assert_close64 if dtype == "float64" else assert_close32)(got[0], ref)
+
+
+def test_generate_leaves_hx_alone(rng, monkeypatch):
+    """The compiled loop updates its states in place: never the caller's arrays."""
+    for python in (False, True):
+        if python:
+            _python_loop(monkeypatch)
+        layer = make("LSTM", 4, 4, L=2, seed=24)
+        h0, c0 = rand_state(layer, 2, rng)
+        keep = h0.copy(), c0.copy()
+        out, (h, c) = gpu_rnn.generate(layer, rng.standard_normal((2, 4)), 5, (h0, c0))
+        np.testing.assert_array_equal(h0, keep[0])
+        np.testing.assert_array_equal(c0, keep[1])
+        assert not np.array_equal(h, h0)
+
+
+def test_generate_compiled_loop_with_blas_layers(rng, monkeypatch):
+    """Layers the backend runs with BLAS (batch 1 and large) take BLAS in the compiled loop too:
+    the same numbers as the Python loop."""
+    from gpu_rnn.kernels import cells
+    from gpu_rnn.kernels.cpu import fast
+    from gpu_rnn.kernels.cpu import generation as kgen
+    monkeypatch.setattr(fast, "variant", lambda *a, **k: fast.BLAS)
+    layer = make("GRU", 8, 8, L=2, dtype="float32", seed=25)
+    _, prepared = __import__("gpu_rnn.backends.cpu", fromlist=["CpuBackend"]).CpuBackend._weights(
+        layer, np.dtype(np.float32))
+    layers, blas = kgen.plan(cells.MODES["GRU"], np.float32, prepared, 1, 8)
+    assert blas.tolist() == [1, 1] and all(lay[6].size == 0 for lay in layers)
+    x0 = rng.standard_normal((1, 8)).astype(np.float32)
+    got, _ = gpu_rnn.generate(layer, x0, 20)
+    _python_loop(monkeypatch)
+    want, _ = gpu_rnn.generate(layer, x0, 20)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_generate_compiled_loop_argmax_ties_and_nan():
+    """Greedy tokens as np.argmax: the first of tied logits, the first NaN."""
+    layer = make("RNN_TANH", 3, 3, seed=26)
+    head = gpu_rnn.Linear(3, 5, dtype="float64", seed=27)
+    head.weight[:] = 0.0
+    head.bias[:] = [0.0, 2.0, 2.0, 1.0, 2.0]
+    emb = gpu_rnn.Embedding(5, 3, dtype="float64", seed=28)
+    _, _, tokens = gpu_rnn.generate(layer, np.array([0]), 4, head=head, embedding=emb)
+    assert tokens[:, 0].tolist() == [1, 1, 1, 1]
+    head.bias[:] = [0.0, 2.0, np.nan, 3.0, np.nan]
+    _, _, tokens = gpu_rnn.generate(layer, np.array([0]), 4, head=head, embedding=emb)
+    assert tokens[:, 0].tolist() == [2, 2, 2, 2]
