@@ -177,6 +177,16 @@ def _host_params(layer, dt):
     return CpuBackend._weights(layer, dt)
 
 
+def _cpu_compiled(layer, B):
+    """Whether generate() on the CPU runs a batch of ``B`` in one compiled loop (every layer
+    on one thread), not a Python loop of fused steps."""
+    from .kernels import cells
+    from .kernels.cpu import generation as kgen
+    dt = np.dtype(layer.dtype)
+    _, prepared = _host_params(layer, dt)
+    return kgen.plan(cells.MODES[layer.mode], dt, prepared, B, layer.input_size) is not None
+
+
 def _generate_cpu(layer, spec, x0, head, embedding):
     """The CPU loop: all steps in one compiled loop (``kernels.cpu.generation``) where every
     layer runs on one thread; else one fused step of the whole stack per iteration
