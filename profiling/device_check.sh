@@ -57,7 +57,7 @@ if [ -z "${DEVICE_CHECK_INNER:-}" ]; then
     rc=0
     DEVICE_CHECK_INNER=1 bash "$0" "$work" 2>&1 | tee "$work/device_check.log" || rc=$?
     for f in device_check.log tables.md pytest_gpu.log BENCHMARKS.md; do
-      [ -f "$work/$f" ] && cp "$work/$f" "$OUT_DIR/"
+      if [ -f "$work/$f" ]; then cp "$work/$f" "$OUT_DIR/"; fi
     done
     tar czf "$OUT_DIR/device_check.tar.gz" --exclude=pkgshim -C "$(dirname "$work")" "$(basename "$work")"
     echo "packed into $OUT_DIR: $(cd "$OUT_DIR" && ls | tr '\n' ' ')"
