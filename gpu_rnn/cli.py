@@ -293,7 +293,7 @@ def _generate_text(model, toks, prompt, steps, backend):
     _, name, variant, _ = dispatch.resolve(backend, layer.backend)
     if name == "cuda":
         how = "every step in one kernel launch (head, argmax and embedding on the device)"
-    elif _cpu_compiled(layer, 1):
+    elif _cpu_compiled(layer, 1, steps):
         how = "every step in one compiled loop (layers, head, argmax and embedding)"
     else:
         how = "a fused step of the stack per token, head and argmax in NumPy"

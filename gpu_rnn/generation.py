@@ -177,21 +177,22 @@ def _host_params(layer, dt):
     return CpuBackend._weights(layer, dt)
 
 
-def _cpu_compiled(layer, B):
-    """Whether generate() on the CPU runs a batch of ``B`` in one compiled loop (every layer
-    on one thread), not a Python loop of fused steps."""
+def _cpu_compiled(layer, B, steps):
+    """Whether generate() on the CPU runs a batch of ``B`` in one compiled loop, not a Python
+    loop of fused steps."""
     from .kernels import cells
     from .kernels.cpu import generation as kgen
     dt = np.dtype(layer.dtype)
     _, prepared = _host_params(layer, dt)
-    return kgen.plan(cells.MODES[layer.mode], dt, prepared, B, layer.input_size) is not None
+    return kgen.plan(cells.MODES[layer.mode], dt, prepared, B, steps) is not None
 
 
 def _generate_cpu(layer, spec, x0, head, embedding):
-    """The CPU loop: all steps in one compiled loop (``kernels.cpu.generation``) where every
-    layer runs on one thread; else one fused step of the whole stack per iteration
-    (``kernels.cpu.step``, its layers on the threads), then the head, the argmax and the lookup
-    in NumPy on the same buffers."""
+    """The CPU loop: all steps in one compiled loop (``kernels.cpu.generation``), on one thread or
+    with the batch cut into runs of sequences over the threads; for a layer that would cut its
+    hidden units over the threads (batch 1, large), one fused step of the whole stack per
+    iteration (``kernels.cpu.step``), then the head, the argmax and the lookup in NumPy on the
+    same buffers."""
     from .kernels import cells
     from .kernels import cpu as kcpu
     from .kernels.cpu import generation as kgen
@@ -221,19 +222,23 @@ def _generate_cpu(layer, spec, x0, head, embedding):
     bias = None if head is None or head.bias is None else head.bias.astype(dt)
     outputs = np.empty((steps, B, V), dt)
     tokens = np.zeros((steps, B), np.int64)
-    compiled = kgen.plan(mode, dt, prepared, B, spec.I)
+    compiled = kgen.plan(mode, dt, prepared, B, steps)
     if compiled is not None:
-        # every step in one compiled loop (the layers on one thread, as their calls would run)
-        layers, blas = compiled
+        # every step in one compiled loop: on one thread, or runs of sequences over the threads
+        layers, blas, rows, threads = compiled
         h, c = h.copy(), c.copy()  # updated in place: never the caller's hx
         none2 = np.empty((0, 0), dt)
-        kgen.generate_loop(mode, layers, blas, x, h, c, none2 if w_t is None else w_t,
-                           np.empty(0, dt) if bias is None else np.ascontiguousarray(bias),
-                           none2 if emb_w is None else emb_w, outputs, tokens)
+        args = (mode, layers, blas, x, h, c, none2 if w_t is None else w_t,
+                np.empty(0, dt) if bias is None else np.ascontiguousarray(bias),
+                none2 if emb_w is None else emb_w, outputs, tokens)
+        if rows:
+            kgen.generate_split(*args, rows, threads)
+        else:
+            kgen.generate_loop(*args)
         if layer.mode != "LSTM":
             c = np.zeros((L, B, H), dt)
         return outputs, h, c, tokens
-    # a layer that would run on several threads (SPLIT, HSPLIT): stepped from here
+    # a layer that would cut its hidden units over the threads (HSPLIT): stepped from here
     for t in range(steps):
         y, h, c = kcpu.step(mode, x, params, h, c, prepared)
         if w_t is not None:

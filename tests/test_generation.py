@@ -475,7 +475,8 @@ def test_generate_compiled_loop_with_blas_layers(rng, monkeypatch):
     layer = make("GRU", 8, 8, L=2, dtype="float32", seed=25)
     _, prepared = __import__("gpu_rnn.backends.cpu", fromlist=["CpuBackend"]).CpuBackend._weights(
         layer, np.dtype(np.float32))
-    layers, blas = kgen.plan(cells.MODES["GRU"], np.float32, prepared, 1, 8)
+    layers, blas, rows, _ = kgen.plan(cells.MODES["GRU"], np.float32, prepared, 1, 20)
+    assert rows == 0
     assert blas.tolist() == [1, 1] and all(lay[6].size == 0 for lay in layers)
     x0 = rng.standard_normal((1, 8)).astype(np.float32)
     got, _ = gpu_rnn.generate(layer, x0, 20)
@@ -496,3 +497,53 @@ def test_generate_compiled_loop_argmax_ties_and_nan():
     head.bias[:] = [0.0, 2.0, np.nan, 3.0, np.nan]
     _, _, tokens = gpu_rnn.generate(layer, np.array([0]), 4, head=head, embedding=emb)
     assert tokens[:, 0].tolist() == [2, 2, 2, 2]
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_generate_compiled_split_over_threads(mode, rng, monkeypatch):
+    """From 8 sequences (and enough work) the compiled loop cuts the batch into runs of
+    sequences over the threads, each run all steps on one thread: the same tokens as one thread
+    and as stepping the stack from Python, outputs and states within float32 rounding (the
+    head's BLAS product may round a row differently in a smaller batch); the caller's hx left
+    alone."""
+    from gpu_rnn.kernels import cells
+    from gpu_rnn.kernels import cpu as kcpu
+    from gpu_rnn.kernels.cpu import fast
+    from gpu_rnn.kernels.cpu import generation as kgen
+    if fast.num_threads() < 2 or not fast.parallel_ok():
+        pytest.skip("needs two numba threads and a threading layer that suits SPLIT")
+    monkeypatch.setattr(fast, "SPLIT_MIN_MACS", 0)
+    I, H, V, B, steps = 5, 9, 11, 13, 12
+    layer = make(mode, I, H, L=2, dtype="float32", seed=31, proj=4 if mode == "LSTM" else 0)
+    head = gpu_rnn.Linear(layer.output_size, V, dtype="float32", seed=32)
+    head.weight *= 4
+    emb = gpu_rnn.Embedding(V, I, dtype="float32", seed=33)
+    hx = rand_state(layer, B, rng)
+    hx = tuple(a.astype(np.float32) for a in hx) if isinstance(hx, tuple) else hx.astype(np.float32)
+    keep = [np.array(a) for a in (hx if isinstance(hx, tuple) else (hx,))]
+    x0 = rng.integers(0, V, B)
+    _, prepared = __import__("gpu_rnn.backends.cpu", fromlist=["CpuBackend"]).CpuBackend._weights(
+        layer, np.dtype(np.float32))
+    planned = kgen.plan(cells.MODES[mode], np.float32, prepared, B, steps)
+    assert planned is not None and 0 < planned[2] < B and planned[3] >= 2
+    split_calls = []
+    real_split = kgen.generate_split
+    with monkeypatch.context() as m:
+        m.setattr(kcpu, "step", lambda *a, **k: pytest.fail("stepped from Python"))
+        m.setattr(kgen, "generate_split", lambda *a: split_calls.append(1) or real_split(*a))
+        got = gpu_rnn.generate(layer, x0, steps, hx, head=head, embedding=emb)
+    assert split_calls == [1]
+    for a, b in zip(keep, hx if isinstance(hx, tuple) else (hx,)):
+        np.testing.assert_array_equal(a, b)
+    with monkeypatch.context() as m:  # one thread: the plain compiled loop
+        m.setattr(kgen, "plan", lambda mode, dt, prep, B, steps, threads=None:
+                  kgen.__dict__["_layers"](mode, np.dtype(dt), prep, B, 1)[:2] + (0, 1))
+        one = gpu_rnn.generate(layer, x0, steps, hx, head=head, embedding=emb)
+    _python_loop(monkeypatch)
+    want = gpu_rnn.generate(layer, x0, steps, hx, head=head, embedding=emb)
+    for other in (one, want):
+        np.testing.assert_array_equal(got[2], other[2])
+        np.testing.assert_allclose(got[0], other[0], rtol=1e-5, atol=1e-6)
+        for a, b in zip(got[1] if mode == "LSTM" else (got[1],), other[1] if mode == "LSTM" else (other[1],)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert len(np.unique(got[2])) > 1

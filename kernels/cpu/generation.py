@@ -16,7 +16,7 @@ import numpy as np
 from . import fast
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", nogil=True)
 def generate_loop(mode, layers, blas, x0, h, c, w_t, head_bias, emb_w, outputs, tokens):
     """Generate ``S = outputs.shape[0]`` steps.
 
@@ -69,17 +69,85 @@ def generate_loop(mode, layers, blas, x0, h, c, w_t, head_bias, emb_w, outputs, 
             xin[0] = o
 
 
-def plan(mode, dtype, prepared, B, I, threads=None):
-    """Whether the compiled loop serves a stack of prepared layers, and how.
+def generate_split(mode, layers, blas, x0, h, c, w_t, head_bias, emb_w, outputs, tokens, rows,
+                   threads):
+    """:func:`generate_loop` with the batch cut into runs of ``rows`` sequences, each run all
+    steps on one thread (greedy generation never mixes sequences: the threads never meet
+    between steps). ``threads`` Python threads take the runs in turn; the loop releases the
+    GIL (``nogil``), so they run at once. (A ``prange`` cannot carry the tuple of layers.)
+    ``layers`` and ``blas`` as planned for ``rows`` sequences on one thread."""
+    import itertools
+    import threading
+    B = outputs.shape[1]
+    nruns = (B + rows - 1) // rows
+    runs = itertools.count()   # next() is atomic under the GIL
+    errors = []
+
+    def work():
+        try:
+            k = next(runs)
+            while k < nruns:
+                b0, b1 = k * rows, min(B, k * rows + rows)
+                hs = np.ascontiguousarray(h[:, b0:b1])
+                cs = np.ascontiguousarray(c[:, b0:b1])
+                outs = np.empty((outputs.shape[0], b1 - b0, outputs.shape[2]), outputs.dtype)
+                toks = np.zeros((outputs.shape[0], b1 - b0), np.int64)
+                generate_loop(mode, layers, blas, np.ascontiguousarray(x0[b0:b1]), hs, cs, w_t,
+                              head_bias, emb_w, outs, toks)
+                outputs[:, b0:b1] = outs
+                tokens[:, b0:b1] = toks
+                h[:, b0:b1] = hs
+                c[:, b0:b1] = cs
+                k = next(runs)
+        except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
+            errors.append(e)
+
+    pool = [threading.Thread(target=work, daemon=True) for _ in range(min(threads, nruns) - 1)]
+    for t in pool:
+        t.start()
+    work()   # this thread takes runs too
+    for t in pool:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def plan(mode, dtype, prepared, B, steps, threads=None):
+    """How the compiled loop serves a stack of prepared layers, if it does.
 
     prepared   list of L ``fast.prepare`` tuples of a unidirectional stack
-    Returns ``(layers, blas)`` for :func:`generate_loop`, or None where a layer is not a plain
-    cell of the fast path or would run on several threads (``SPLIT``, ``HSPLIT``: the caller
-    then steps the stack from Python, with the threads).
+    B, steps   the batch and the number of steps to generate
+    Returns ``(layers, blas, rows, threads)``. ``rows`` > 0: :func:`generate_split`, the batch
+    cut into runs of ``rows`` sequences over ``threads`` threads (from ``fast.SPLIT_MIN_B``
+    sequences and ``fast.SPLIT_MIN_MACS`` multiply-adds in all, two threads or more, a
+    numba threading layer that suits the layers' own ``SPLIT``), ``layers`` and ``blas``
+    planned for one run on one thread.
+    ``rows`` 0: :func:`generate_loop` on one thread. None where a layer is not a plain cell of
+    the fast path, or where a layer on one thread would cut its hidden units over the threads
+    (``HSPLIT``: batch 1 and large): the caller then steps the stack from Python, each step's
+    layers on the threads.
     """
     dt = np.dtype(dtype)
+    n = fast.num_threads() if threads is None else threads
+    row_macs = sum(p[1].shape[0] * (p[0].shape[1] + p[1].shape[1]) + p[4].size for p in prepared)
+    if n >= 2 and B >= fast.SPLIT_MIN_B and steps * B * row_macs >= fast.SPLIT_MIN_MACS \
+            and fast.parallel_ok():
+        rows = fast.split_rows(B, n, row_macs)
+        per_run = _layers(mode, dt, prepared, rows, 1)
+        return None if per_run is None else (per_run[0], per_run[1], rows, n)
+    planned = _layers(mode, dt, prepared, B, n)
+    if planned is None or planned[2]:
+        return None
+    return planned[0], planned[1], 0, 1
+
+
+def _layers(mode, dt, prepared, B, threads):
+    """``(layers, blas, split)`` for a batch of ``B`` on ``threads`` threads: ``split`` True
+    where a layer's call would run on several threads; None for a layer the fast path does
+    not serve."""
     layers = []
     blas = np.zeros(len(prepared), dtype=np.int64)
+    split = False
     for k, prep in enumerate(prepared):
         w_ih, w_hh, bias, b_hn, w_hr, wp, wip, _ = prep
         if not fast.applies(mode, dt, w_hr if w_hr.shape[0] > 0 else None, None):
@@ -89,9 +157,9 @@ def plan(mode, dtype, prepared, B, I, threads=None):
         In = w_ih.shape[1]
         v = fast.variant(B, H, GH // H, threads, 1, In, w_hr.shape[0] > 0)
         if v not in (fast.SERIAL, fast.BLAS):
-            return None
+            split = True
         if v == fast.BLAS or B * In * GH > fast.PROJECT_BLAS_MACS:
             wip = fast._NO_PANELS[dt.char]
         blas[k] = int(v == fast.BLAS)
         layers.append((w_ih, w_hh, bias, b_hn, w_hr, wp, wip))
-    return tuple(layers), blas
+    return tuple(layers), blas, split
