@@ -2,8 +2,9 @@
 
 torch has no one-call generation: each step is an embedding lookup, an LSTM call, a Linear and
 an argmax, launched from Python. gpu_rnn.generate on CUDA runs every step in one kernel launch.
-Prints the median time per step of each and their ratio; run it on a GPU machine to record the
-issue's target (1000 steps at B = 1: at least 10x faster than the torch loop).
+Prints the median time per step of each (runs interleaved, one of each per round, after a
+warm-up run of each) and their ratio; run it on a GPU machine to record the issue's target
+(1000 steps at B = 1: at least 10x faster than the torch loop).
 
     python examples/bench_generation.py [--backend cuda] [--hidden 256] [--steps 1000] [--repeat 5]
 """
@@ -57,17 +58,18 @@ def main():
     def run_gpu_rnn():
         return gpu_rnn.generate(layer, start, args.steps, head=head, embedding=emb, backend=backend)[2]
 
-    def timed(f):
-        f()  # compile, warm up
-        ts = []
-        for _ in range(args.repeat):
-            t0 = time.perf_counter()
-            f()
-            ts.append(time.perf_counter() - t0)
-        return statistics.median(ts) / args.steps * 1e6
+    def once(f):
+        t0 = time.perf_counter()
+        f()
+        return time.perf_counter() - t0
 
-    agree = np.mean(run_torch() == run_gpu_rnn())
-    t_torch, t_ours = timed(run_torch), timed(run_gpu_rnn)
+    agree = np.mean(run_torch() == run_gpu_rnn())  # also the warm-up (compiles, allocates)
+    # interleaved: each round times one run of each, so a slow spell of the machine hits both
+    ts = {run_torch: [], run_gpu_rnn: []}
+    for _ in range(args.repeat):
+        for f, t in ts.items():
+            t.append(once(f))
+    t_torch, t_ours = (statistics.median(ts[f]) / args.steps * 1e6 for f in (run_torch, run_gpu_rnn))
     print(f"{args.mode} I={args.input} H={args.hidden} V={args.vocab} L={args.layers} B={args.batch}, "
           f"{args.steps} greedy steps, backend {backend}, torch on {dev}")
     print(f"torch per-step loop: {t_torch:.1f} us/step; gpu_rnn.generate: {t_ours:.1f} us/step; "
