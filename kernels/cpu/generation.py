@@ -119,9 +119,9 @@ def plan(mode, dtype, prepared, B, steps, threads=None):
     B, steps   the batch and the number of steps to generate
     Returns ``(layers, blas, rows, threads)``. ``rows`` > 0: :func:`generate_split`, the batch
     cut into runs of ``rows`` sequences over ``threads`` threads (from ``fast.SPLIT_MIN_B``
-    sequences and ``fast.SPLIT_MIN_MACS`` multiply-adds in all, two threads or more, a
-    numba threading layer that suits the layers' own ``SPLIT``), ``layers`` and ``blas``
-    planned for one run on one thread.
+    sequences and ``fast.SPLIT_MIN_MACS`` multiply-adds in all, numba's thread count two or
+    more; the runs go to Python threads, so no numba threading layer is needed), ``layers``
+    and ``blas`` planned for one run on one thread.
     ``rows`` 0: :func:`generate_loop` on one thread. None where a layer is not a plain cell of
     the fast path, or where a layer on one thread would cut its hidden units over the threads
     (``HSPLIT``: batch 1 and large): the caller then steps the stack from Python, each step's
@@ -130,8 +130,7 @@ def plan(mode, dtype, prepared, B, steps, threads=None):
     dt = np.dtype(dtype)
     n = fast.num_threads() if threads is None else threads
     row_macs = sum(p[1].shape[0] * (p[0].shape[1] + p[1].shape[1]) + p[4].size for p in prepared)
-    if n >= 2 and B >= fast.SPLIT_MIN_B and steps * B * row_macs >= fast.SPLIT_MIN_MACS \
-            and fast.parallel_ok():
+    if n >= 2 and B >= fast.SPLIT_MIN_B and steps * B * row_macs >= fast.SPLIT_MIN_MACS:
         rows = fast.split_rows(B, n, row_macs)
         per_run = _layers(mode, dt, prepared, rows, 1)
         return None if per_run is None else (per_run[0], per_run[1], rows, n)

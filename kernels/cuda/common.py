@@ -198,8 +198,11 @@ if not SIMULATOR:
 #: numba's low-occupancy warning (grids under 128 blocks); newer numba-cuda puts terminal bold
 #: codes before it, so the pattern may start anywhere
 _LOW_OCCUPANCY = r"(?s).*Grid size \d+ will likely result in GPU under-utilization"
-#: launch configurations made by :func:`configure`, reused (a small dict: kernels x grids)
+#: launch configurations made by :func:`configure`, reused (kernels x grids x streams). A host
+#: call runs on a stream of its own, whose configurations never come again: the bound keeps
+#: few of them (and their streams) alive
 _LAUNCH = {}
+_LAUNCH_MAX = 256
 
 
 def configure(kernel, grid, block, stream=0, sharedmem=0):
@@ -220,7 +223,7 @@ def configure(kernel, grid, block, stream=0, sharedmem=0):
         warnings.filterwarnings("ignore", message=_LOW_OCCUPANCY)
         cfg = kernel[grid, block, stream, sharedmem]
     if key is not None:
-        if len(_LAUNCH) >= 4096:
+        if len(_LAUNCH) >= _LAUNCH_MAX:
             _LAUNCH.clear()
         _LAUNCH[key] = cfg
     return cfg
