@@ -26,6 +26,9 @@
 #   grid-*   the rest of the grid (LSTM, GRU; B in {1,4,16,64}; H in {128,256,512,768,1024};
 #            T in {100,1000}; float32, float16) as time allows
 #
+# DEVICE_CHECK_GROUPS="targets fp16" runs only the groups named (in the order above, each with
+# all the time left): a second, shorter call after a fix.
+#
 # DEVICE_CHECK_SMOKE=1 runs the same harness calls on tiny shapes (for the CUDA simulator:
 # NUMBA_ENABLE_CUDASIM is kept, nothing is installed, the GPU tests are skipped); the test
 # suite runs it that way.
@@ -227,6 +230,12 @@ bstatus=0
 group() {
   local name=$1 reserve=$2
   shift 2
+  if [ -n "${DEVICE_CHECK_GROUPS:-}" ]; then
+    case " ${DEVICE_CHECK_GROUPS//,/ } " in
+      *" $name "*) reserve=0 ;;
+      *) return 0 ;;
+    esac
+  fi
   local left=$(( deadline - $(now) ))
   local limit=$(( left - reserve ))
   if [ "$limit" -lt 5 ]; then

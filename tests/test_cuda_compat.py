@@ -108,3 +108,42 @@ def test_configure_lets_other_warnings_through():
 
     with pytest.warns(NumbaPerformanceWarning, match="copy overhead"):
         common.configure(_Copying("-"), 7, 64, 0, 0)
+
+
+class _FakeCompiled:
+    def __init__(self, limit):
+        self.max_threads_per_block = limit
+
+
+class _FakeKernel:
+    """Stands for a numba-cuda dispatcher: typeof_pyval per argument, compile(argtypes)."""
+
+    def __init__(self, limit=None, error=None):
+        self.limit, self.error, self.compiled_for = limit, error, None
+
+    def typeof_pyval(self, a):
+        return type(a).__name__
+
+    def compile(self, argtypes):
+        if self.error is not None:
+            raise self.error
+        self.compiled_for = argtypes
+        return _FakeCompiled(self.limit)
+
+
+@pytest.mark.parametrize("limit,want", [(1024, 1024), (768, 512), (384, 256), (512, 512),
+                                        (33, 32)])
+def test_max_block_threads_is_the_compiled_limit_as_a_power_of_two(limit, want):
+    """An H200 refused the generation kernel's 512-thread block (too many registers per
+    thread): the launch asks the compiled kernel, and the kernel's reductions need a power of
+    two."""
+    from gpu_rnn.kernels.cuda import common
+    k = _FakeKernel(limit)
+    assert common.max_block_threads(k, (1, 2.0), 512) == want
+    assert k.compiled_for == ("int", "float")
+
+
+def test_max_block_threads_falls_back_when_the_kernel_cannot_say():
+    from gpu_rnn.kernels.cuda import common
+    assert common.max_block_threads(_FakeKernel(error=RuntimeError("no")), (1,), 256) == 256
+    assert common.max_block_threads(_FakeKernel(0), (1,), 128) == 128

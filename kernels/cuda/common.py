@@ -229,6 +229,23 @@ def configure(kernel, grid, block, stream=0, sharedmem=0):
     return cfg
 
 
+def max_block_threads(kernel, args, default):
+    """The most threads a block of ``kernel`` compiled for ``args`` may have (its registers
+    per thread bound it), rounded down to a power of two; ``default`` in the simulator or where
+    the compiled kernel cannot be asked. Compiles (or loads from the cache) the kernel for
+    these argument types: the launch that follows would."""
+    if SIMULATOR:
+        return default
+    try:
+        argtypes = tuple(kernel.typeof_pyval(a) for a in args)
+        limit = int(kernel.compile(argtypes).max_threads_per_block)
+    except Exception:  # noqa: BLE001 - an older or newer numba-cuda: the launch says
+        return default
+    if limit < 1:
+        return default
+    return 1 << (limit.bit_length() - 1)
+
+
 def _device_jit_nvvm():
     if SIMULATOR:
         return cuda.jit(device=True)

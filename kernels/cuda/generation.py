@@ -40,7 +40,7 @@ This module imports numba.cuda; import it only from the CUDA code paths.
 import numpy as np
 from numba import cuda
 
-from .common import SIMULATOR, configure
+from .common import SIMULATOR, configure, max_block_threads
 from .common import CF
 
 # the cell math (kernels.cells) as CUDA device functions inlined by NVVM (``forceinline``):
@@ -179,8 +179,8 @@ def generate_kernel(mode, steps, start_tokens, has_proj, has_head, token_mode,
                             red_i[b, tid] = red_i[b, tid + stride]
                 cuda.syncthreads()
                 stride //= 2
-            if tid < B:
-                tokens[t, tid] = red_i[tid, 0]
+            for b in range(tid, B, nt):
+                tokens[t, b] = red_i[b, 0]
             for idx in range(tid, B * I, nt):
                 b = idx // I
                 k = idx - b * I
@@ -247,9 +247,15 @@ def run_generate(mode, steps, x0, tok0, start_tokens, w_ih0_t, w_ih_t, w_hh_t, b
     xbuf = cuda.device_array((B, I), dtype=dt, stream=stream)
     red_v = cuda.device_array((B, nt), dtype=dt, stream=stream)
     red_i = cuda.device_array((B, nt), dtype=np.int64, stream=stream)
-    configure(generate_kernel, 1, nt, stream)(mode, steps, start_tokens, has_proj, has_head, token_mode,
-                                              x0, tok0, w_ih0_t, w_ih_t, w_hh_t, b_ih, b_hh, w_hr_t, h, c, hraw,
-                                              head_t, head_b, emb, opts, xbuf, outputs, tokens, red_v, red_i)
+    args = (mode, steps, start_tokens, has_proj, has_head, token_mode, x0, tok0, w_ih0_t, w_ih_t,
+            w_hh_t, b_ih, b_hh, w_hr_t, h, c, hraw, head_t, head_b, emb, opts, xbuf, outputs,
+            tokens, red_v, red_i)
+    # the compiled kernel's registers bound its block (an H200 refused 512 threads of it):
+    # every loop of the kernel strides by the block's size, so fewer threads only take longer
+    limit = max_block_threads(generate_kernel, args, nt)
+    if limit < nt:
+        nt = block_threads(B, H, P, V, I, limit)
+    configure(generate_kernel, 1, nt, stream)(*args)
 
 
 def _grid(n, threads=256):

@@ -81,6 +81,10 @@ MAX_LANES = 32
 BT = 4
 #: Accumulators of a work item: up to four gate rows by BT batch rows.
 NACC = 4 * BT
+#: Each lane's k loop of the dot products is unrolled by this much (loads in flight).
+KU = 4
+#: Staged h values of one unrolled k step: KU by BT.
+NXS = KU * BT
 
 OPTS_SIZE = cells.OPTS_SIZE
 OPT_ACT = cells.OPT_ACT
@@ -339,10 +343,24 @@ def _dots(wsm, w0, P, ws, v0, vs, nbt, lane, lanes, nrows, acc, xs, z):
     weight rows (``wsm[w0:]``, shared memory, storage dtype) with up to ``BT`` vectors
     ``ws[v0 + bb*vs:][:P]`` (one per batch row of the tile): ``acc[g*BT + bb]``. Each weight
     loaded serves the whole tile; the constant-trip loops unroll, so ``acc`` and ``xs`` live
-    in registers."""
+    in registers. ``KU`` of this lane's ``k`` at a time: their ``h`` loads (global memory,
+    written by other blocks) are all issued before the first use, one memory latency per
+    ``KU`` of them rather than one each."""
     for i in range(NACC):
         acc[i] = z
-    for k in range(lane, P, lanes):
+    k = lane
+    while k + (KU - 1) * lanes < P:
+        for u in range(KU):
+            for bb in range(BT):
+                xs[u * BT + bb] = ws[v0 + bb * vs + k + u * lanes] if bb < nbt else z
+        for u in range(KU):
+            for g in range(4):
+                if g < nrows:
+                    w = load(wsm[w0 + g * P + k + u * lanes])
+                    for bb in range(BT):
+                        acc[g * BT + bb] += w * xs[u * BT + bb]
+        k += KU * lanes
+    while k < P:
         for bb in range(BT):
             xs[bb] = ws[v0 + bb * vs + k] if bb < nbt else z
         for g in range(4):
@@ -350,6 +368,7 @@ def _dots(wsm, w0, P, ws, v0, vs, nbt, lane, lanes, nrows, acc, xs, z):
                 w = load(wsm[w0 + g * P + k])
                 for bb in range(BT):
                     acc[g * BT + bb] += w * xs[bb]
+        k += lanes
 
 
 def _item(q, NBT, B, base, width):
@@ -364,9 +383,23 @@ def _item(q, NBT, B, base, width):
     return ll, b0, nbt, d, u - d * width
 
 
-def _reduce(red, tid, lane, lanes, acc):
-    """Sum the partial sums of a group's lanes into lane 0 (every thread of the block calls
-    it: it holds two block barriers)."""
+def _reduce_shfl(red, tid, lane, lanes, acc, nacc):
+    """Sum the first ``nacc`` partial sums of a group's lanes (``lanes`` consecutive threads
+    of one warp, a power of two) in every lane, by butterfly shuffles in registers: no shared
+    memory, no barrier. Every thread of the block calls it with the same ``lanes`` and
+    ``nacc``, so each warp's shuffles are converged (an idle group's sums stay in its lanes)."""
+    off = lanes // 2
+    while off > 0:
+        for i in range(NACC):
+            if i < nacc:
+                acc[i] += cuda.shfl_xor_sync(0xFFFFFFFF, acc[i], off)
+        off //= 2
+
+
+def _reduce(red, tid, lane, lanes, acc, nacc):
+    """Sum the partial sums of a group's lanes into lane 0 through shared memory (every thread
+    of the block calls it: it holds two block barriers). The simulator's reduction: it has no
+    warp shuffles."""
     if lanes > 1:
         for i in range(NACC):
             red[NACC * tid + i] = acc[i]
@@ -419,7 +452,7 @@ def _persistent(mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts
         optl[i] = load(opts[i])
     lbr0 = mode == ONNX_GRU and optl[OPT_LBR] == z
     acc = cuda.local.array(NACC, ACC_T)
-    xs = cuda.local.array(BT, ACC_T)
+    xs = cuda.local.array(NXS, ACC_T)
     # an idle lane group still takes part in the reduction (every thread reaches its barriers):
     # its sums are discarded, but must not be uninitialised memory (inf/NaN garbage)
     for i in range(NACC):
@@ -489,7 +522,7 @@ def _persistent(mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts
                 ll, b0, nbt, d, j = item(q, NBT, B, u0, H)
                 dots(wsm, ll * gp, P, ws, ((cur * D + d) * B + b0) * P, P, nbt, lane, lanes,
                      2 if lbr0 else G, acc, xs, z)
-            reduce_(red, tid, lane, lanes, acc)
+            reduce_(red, tid, lane, lanes, acc, (2 if lbr0 else G) * BT)
             if active and lane == 0:
                 t = s if d == 0 else T - 1 - s
                 x0 = d * G * H
@@ -563,7 +596,7 @@ def _persistent(mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts
                     ll, b0, nbt, d, j = item(q, NBT, B, u0, H)
                     dots(wsm, ll * gp + 2 * P, P, ws, off_r + (d * B + b0) * H, H, nbt, lane,
                          lanes, 1, acc, xs, z)
-                reduce_(red, tid, lane, lanes, acc)
+                reduce_(red, tid, lane, lanes, acc, BT)
                 if active and lane == 0:
                     t = s if d == 0 else T - 1 - s
                     for bb in range(BT):
@@ -600,7 +633,7 @@ def _persistent(mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts
                     ll, b0, nbt, d, p = item(q, NBT, B, o0, P)
                     dots(rsm, ll * H, H, ws, off_r + (d * B + b0) * H, H, nbt, lane, lanes, 1,
                          acc, xs, z)
-                reduce_(red, tid, lane, lanes, acc)
+                reduce_(red, tid, lane, lanes, acc, BT)
                 if active and lane == 0:
                     t = s if d == 0 else T - 1 - s
                     for bb in range(BT):
@@ -660,7 +693,11 @@ def _device_functions():
     """The kernel's device functions, compiled on their own: numba-level inlining would
     re-type a callee (the whole cell math) at every call site; LLVM still inlines what pays."""
     jit = cuda.jit(device=True)
-    return dict(gates=jit(_gates), slice_=jit(_slice), item=jit(_item), dots=jit(_dots), reduce_=jit(_reduce),
+    # the dot products and the reduction inlined by NVVM: their accumulators then live in
+    # registers (a device function of its own takes them by pointer, in local memory)
+    hot = jit if SIMULATOR else cuda.jit(device=True, forceinline=True)
+    return dict(gates=jit(_gates), slice_=jit(_slice), item=jit(_item), dots=hot(_dots),
+                reduce_=jit(_reduce) if SIMULATOR else hot(_reduce_shfl),
                 block_sync=jit(_block_sync), grid_sync=jit(_grid_sync), cell=jit(_cell),
                 reset_gate=jit(_reset_gate))
 

@@ -336,7 +336,7 @@ def test_gpu_grid_sizes(rng, blocks):
     """Any grid from two blocks to the largest the device can hold co-resident (more blocks
     than units: the spare ones only join the barriers)."""
     blocks = _max_blocks() if blocks == "sms" else blocks
-    kern, ref = make_case(rng, "LSTM", T=19, B=4, H=65, D=2, P=33, scale=0.3)
+    kern, ref = make_case(rng, "LSTM", T=19, B=4, H=65, D=2, P=33, storage="float32", scale=0.3)
     got = run("LSTM", kern, "float32", grid=blocks)
     if blocks == "max":
         assert got[3]["blocks"] >= _max_blocks()
