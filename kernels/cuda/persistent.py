@@ -371,6 +371,29 @@ def _dots(wsm, w0, P, ws, v0, vs, nbt, lane, lanes, nrows, acc, xs, z):
         k += lanes
 
 
+def _inputs(xp, b_hh, t, b, x0, d, j, H, G):
+    """The input projection and recurrent bias of unit ``j``'s gates for batch row ``b`` at
+    step ``t``: ``(x_0..x_3, b_0..b_3)``, zero past the cell's ``G`` gates."""
+    z = zero(xp)
+    x1 = z
+    x2 = z
+    x3 = z
+    c1 = z
+    c2 = z
+    c3 = z
+    x0v = load(xp[t, b, x0 + j])
+    c0 = load(b_hh[d, j])
+    if G >= 3:
+        x1 = load(xp[t, b, x0 + H + j])
+        c1 = load(b_hh[d, H + j])
+        x2 = load(xp[t, b, x0 + 2 * H + j])
+        c2 = load(b_hh[d, 2 * H + j])
+        if G == 4:
+            x3 = load(xp[t, b, x0 + 3 * H + j])
+            c3 = load(b_hh[d, 3 * H + j])
+    return x0v, x1, x2, x3, c0, c1, c2, c3
+
+
 def _item(q, NBT, B, base, width):
     """Work item ``q`` of a block whose slice starts at row ``base`` (of ``D * width`` rows, per
     direction ``width``): ``(ll, b0, nbt, d, j)``, the slice's local row ``ll``, the batch tile
@@ -397,17 +420,19 @@ def _reduce_shfl(red, tid, lane, lanes, acc, nacc):
 
 
 def _reduce(red, tid, lane, lanes, acc, nacc):
-    """Sum the partial sums of a group's lanes into lane 0 through shared memory (every thread
-    of the block calls it: it holds two block barriers). The simulator's reduction: it has no
-    warp shuffles."""
+    """Sum the partial sums of a group's lanes, in every lane (all in the same order, so the
+    same sums), through shared memory (every thread of the block calls it: it holds two block
+    barriers). The simulator's reduction: it has no warp shuffles."""
     if lanes > 1:
         for i in range(NACC):
             red[NACC * tid + i] = acc[i]
         cuda.syncthreads()
-        if lane == 0:
-            for m in range(1, lanes):
-                for i in range(NACC):
-                    acc[i] += red[NACC * (tid + m) + i]
+        base = tid - lane
+        for i in range(NACC):
+            acc[i] = red[NACC * base + i]
+        for m in range(1, lanes):
+            for i in range(NACC):
+                acc[i] += red[NACC * (base + m) + i]
         cuda.syncthreads()
 
 
@@ -518,67 +543,101 @@ def _persistent(mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts
             b0 = 0
             nbt = 0
             ll = 0
+            t = 0
+            x0 = 0
+            # the epilogue's inputs of batch row b0 + lane, loaded before the dot products so
+            # that their latency hides behind them
+            live = False
+            px0 = z
+            px1 = z
+            px2 = z
+            px3 = z
+            pb0 = z
+            pb1 = z
+            pb2 = z
+            pb3 = z
+            ph = z
+            pc = z
             if active:
                 ll, b0, nbt, d, j = item(q, NBT, B, u0, H)
+                t = s if d == 0 else T - 1 - s
+                x0 = d * G * H
+                if lane < nbt:
+                    b = b0 + lane
+                    live = t < lengths[b]
+                    px0, px1, px2, px3, pb0, pb1, pb2, pb3 = inputs(xp, b_hh, t, b, x0, d, j,
+                                                                    H, G)
+                    ph = z if has_proj else ws[((cur * D + d) * B + b) * P + j]
+                    pc = ws[off_c + (d * B + b) * H + j]
                 dots(wsm, ll * gp, P, ws, ((cur * D + d) * B + b0) * P, P, nbt, lane, lanes,
                      2 if lbr0 else G, acc, xs, z)
             reduce_(red, tid, lane, lanes, acc, (2 if lbr0 else G) * BT)
-            if active and lane == 0:
-                t = s if d == 0 else T - 1 - s
-                x0 = d * G * H
-                for bb in range(BT):
+            # every lane holds the sums: the tile's rows are updated one per lane
+            if active:
+                for bb in range(lane, nbt, lanes):
                     b = b0 + bb
-                    if bb < nbt:
-                        hcur = ((cur * D + d) * B + b) * P
-                        hnxt = ((nxt * D + d) * B + b) * P
-                        if t < lengths[b]:
-                            a0 = load(xp[t, b, x0 + j]) + acc[bb] + load(b_hh[d, j])
-                            a1 = z
-                            a2 = z
-                            a3 = z
-                            hn = z
-                            if G >= 3:
-                                a1 = (load(xp[t, b, x0 + H + j]) + acc[BT + bb]
-                                      + load(b_hh[d, H + j]))
-                                if G == 3:
-                                    a2 = load(xp[t, b, x0 + 2 * H + j])
-                                    hn = acc[2 * BT + bb] + load(b_hh[d, 2 * H + j])
-                                else:
-                                    a2 = (load(xp[t, b, x0 + 2 * H + j]) + acc[2 * BT + bb]
-                                          + load(b_hh[d, 2 * H + j]))
-                                    a3 = (load(xp[t, b, x0 + 3 * H + j]) + acc[3 * BT + bb]
-                                          + load(b_hh[d, 3 * H + j]))
-                            ci = off_c + (d * B + b) * H + j
-                            if lbr0:
-                                # stage r, z pre-activations and r * h for the n rows (phase 1b)
-                                ai = off_a + (d * B + b) * H + j
-                                ws[ai] = a0
-                                ws[ai + D * B * H] = a1
-                                rg = reset_gate(a0, optl)
-                                ws[off_r + (d * B + b) * H + j] = rg * ws[hcur + j]
+                    hcur = ((cur * D + d) * B + b) * P
+                    hnxt = ((nxt * D + d) * B + b) * P
+                    ci = off_c + (d * B + b) * H + j
+                    if bb != lane:
+                        live = t < lengths[b]
+                        px0, px1, px2, px3, pb0, pb1, pb2, pb3 = inputs(xp, b_hh, t, b, x0, d,
+                                                                        j, H, G)
+                        ph = z if has_proj else ws[hcur + j]
+                        pc = ws[ci]
+                    s0 = z
+                    s1 = z
+                    s2 = z
+                    s3 = z
+                    for i in range(BT):
+                        if i == bb:
+                            s0 = acc[i]
+                            s1 = acc[BT + i]
+                            s2 = acc[2 * BT + i]
+                            s3 = acc[3 * BT + i]
+                    if live:
+                        a0 = px0 + s0 + pb0
+                        a1 = z
+                        a2 = z
+                        a3 = z
+                        hn = z
+                        if G >= 3:
+                            a1 = px1 + s1 + pb1
+                            if G == 3:
+                                a2 = px2
+                                hn = s2 + pb2
                             else:
-                                hp = z if has_proj else ws[hcur + j]
-                                pi = z
-                                po = z
-                                pf = z
-                                if has_peep:
-                                    pi = load(peep[d, 0, j])
-                                    po = load(peep[d, 1, j])
-                                    pf = load(peep[d, 2, j])
-                                hv, cv = cell(mode, a0, a1, a2, a3, hn, hp, ws[ci], optl, pi,
-                                              pf, po)
-                                ws[ci] = cv
-                                if has_proj:
-                                    ws[off_r + (d * B + b) * H + j] = hv
-                                else:
-                                    ws[hnxt + j] = hv
-                                    out[t, b, d * P + j] = store(out, hv)
-                        elif not lbr0:
-                            if not has_proj:
-                                ws[hnxt + j] = ws[hcur + j]
-                                out[t, b, d * P + j] = store(out, z)
+                                a2 = px2 + s2 + pb2
+                                a3 = px3 + s3 + pb3
+                        if lbr0:
+                            # stage r, z pre-activations and r * h for the n rows (phase 1b)
+                            ai = off_a + (d * B + b) * H + j
+                            ws[ai] = a0
+                            ws[ai + D * B * H] = a1
+                            rg = reset_gate(a0, optl)
+                            ws[off_r + (d * B + b) * H + j] = rg * ph
                         else:
-                            ws[off_r + (d * B + b) * H + j] = z
+                            hp = z if has_proj else ph
+                            pi = z
+                            po = z
+                            pf = z
+                            if has_peep:
+                                pi = load(peep[d, 0, j])
+                                po = load(peep[d, 1, j])
+                                pf = load(peep[d, 2, j])
+                            hv, cv = cell(mode, a0, a1, a2, a3, hn, hp, pc, optl, pi, pf, po)
+                            ws[ci] = cv
+                            if has_proj:
+                                ws[off_r + (d * B + b) * H + j] = hv
+                            else:
+                                ws[hnxt + j] = hv
+                                out[t, b, d * P + j] = store(out, hv)
+                    elif not lbr0:
+                        if not has_proj:
+                            ws[hnxt + j] = ph
+                            out[t, b, d * P + j] = store(out, z)
+                    else:
+                        ws[off_r + (d * B + b) * H + j] = z
         if lbr0:
             # phase 1b: the n rows on r * h (GRU, linear_before_reset = 0)
             if one_block:
@@ -697,7 +756,7 @@ def _device_functions():
     # registers (a device function of its own takes them by pointer, in local memory)
     hot = jit if SIMULATOR else cuda.jit(device=True, forceinline=True)
     return dict(gates=jit(_gates), slice_=jit(_slice), item=jit(_item), dots=hot(_dots),
-                reduce_=jit(_reduce) if SIMULATOR else hot(_reduce_shfl),
+                reduce_=jit(_reduce) if SIMULATOR else hot(_reduce_shfl), inputs=hot(_inputs),
                 block_sync=jit(_block_sync), grid_sync=jit(_grid_sync), cell=jit(_cell),
                 reset_gate=jit(_reset_gate))
 
