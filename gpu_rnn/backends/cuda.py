@@ -185,16 +185,13 @@ class CudaBackend:
                 x_bf = False
             zero_st = common.to_storage_host(np.zeros(1, np.float32), st)[0]
             if h0 is None:
-                h0 = cuda.device_array((L * D, B, P), dtype=sdt, stream=stream)
-                gemm.fill(h0, zero_st, stream)
+                h0 = _constant((L * D, B, P), sdt, zero_st)
             if c0 is None:
-                c0 = cuda.device_array((L * D, B, H), dtype=sdt, stream=stream)
-                gemm.fill(c0, zero_st, stream)
+                c0 = _constant((L * D, B, H), sdt, zero_st)
             if call.lengths is not None:
                 lengths = cuda.to_device(np.ascontiguousarray(call.lengths, dtype=np.int64), stream=stream)
             else:
-                lengths = cuda.device_array(B, dtype=np.int64, stream=stream)
-                gemm.fill(lengths, np.int64(T), stream)
+                lengths = _constant((B,), np.dtype(np.int64), np.int64(T))
             weights, extra = self._weights(layer, stream)
             h_n = cuda.device_array((L * D, B, P), dtype=sdt, stream=stream)
             c_n = cuda.device_array((L * D, B, H), dtype=sdt, stream=stream)
@@ -260,6 +257,33 @@ class CudaBackend:
 def _persistent_module():
     import importlib
     return importlib.import_module("gpu_rnn.kernels.cuda.persistent")
+
+
+#: (device, shape, dtype, value) -> a device array of that value, never written: the zero
+#: initial states and full lengths of calls that pass none (a fill launch and an allocation
+#: per call saved; numba-cuda's launches cost tens of microseconds of host time each)
+_CONSTANTS = {}
+_CONSTANTS_MAX = 32
+
+
+def _constant(shape, dtype, value):
+    """A kept device array of ``shape`` and ``dtype`` filled with ``value``; the kernels only
+    read it. Filled on a stream of its own and synchronised once, so any stream may read it."""
+    from numba import cuda
+
+    from ..kernels.cuda import gemm
+    key = (_device_id(), tuple(int(n) for n in shape), np.dtype(dtype).str, value.item()
+           if hasattr(value, "item") else value)
+    a = _CONSTANTS.get(key)
+    if a is None:
+        stream = cuda.stream()
+        a = cuda.device_array(shape, dtype=dtype, stream=stream)
+        gemm.fill(a, value, stream)
+        stream.synchronize()
+        if len(_CONSTANTS) >= _CONSTANTS_MAX:
+            _CONSTANTS.clear()
+        _CONSTANTS[key] = a
+    return a
 
 
 def _device_id():

@@ -205,3 +205,28 @@ def test_persistent_module_missing_is_a_reason(rng, monkeypatch):
     layer = gpu_rnn.RNN(2, 3, seed=2)
     p = layer.plan(rng.standard_normal((2, 1, 2)).astype(np.float32), backend="cuda")
     assert p.variant == "stepwise" and any("cannot be imported" in r for r in p.reasons)
+
+
+@pytest.mark.parametrize("variant", ["cuda:stepwise", "cuda:persistent"])
+def test_default_states_and_lengths_are_kept_constants(variant, rng):
+    """Calls that pass no hx and no lengths share kept device arrays of zeros and of T (no
+    fill launch per call); the kernels only read them, so they hold their values after calls
+    and every call's result is right."""
+    from gpu_rnn.backends import cuda as backend_cuda
+    T, B, I, H = 3, 2, 3, 4
+    layer = gpu_rnn.LSTM(I, H, dtype="float64", backend=variant, seed=3)
+    backend_cuda._CONSTANTS.clear()
+    for _ in range(2):
+        x = rng.standard_normal((T, B, I))
+        out, (h_n, c_n) = layer(x)
+        want = _reference(layer, x, None, None, None)
+        assert_close(out, want[0], "float64", T, "out")
+        assert_close(h_n, want[1], "float64", T, "h_n")
+        assert_close(c_n, want[2], "float64", T, "c_n")
+    kept = {k: v.copy_to_host() for k, v in backend_cuda._CONSTANTS.items()}
+    # h0 and c0 zeros (one array: P == H, read only) and the lengths, each made once
+    assert sorted(k[1:3] for k in kept) == [((1, B, H), "<f8"), ((B,), "<i8")], sorted(kept)
+    for (_, shape, dtype, value), a in kept.items():
+        assert a.shape == shape
+        assert (a == value).all(), (shape, dtype)
+    assert any(np.dtype(k[2]) == np.int64 and k[3] == T for k in kept)
