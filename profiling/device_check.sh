@@ -22,6 +22,7 @@
 #   targets  float32 LSTM and GRU, B in {1,4,16}, H in {256,512,1024}, T = 1000
 #   fp16     float16 LSTM, H = 768, B = 16, T = 1024 (torch picks cuDNN's persistent algorithm)
 #   packed   packed variable-length LSTM (--lengths; torch runs a PackedSequence), B = 16, H = 512
+#   probe    the persistent kernel's step placed (builds that leave a stage out; probe.csv)
 #   bidir    2-layer bidirectional LSTM, H = 512, T = 1000
 #   grid-*   the rest of the grid (LSTM, GRU; B in {1,4,16,64}; H in {128,256,512,768,1024};
 #            T in {100,1000}; float32, float16) as time allows
@@ -259,6 +260,27 @@ group() {
 group targets 90 "${G_TARGETS[@]}"
 group fp16 60 "${G_FP16[@]}"
 group packed 30 "${G_PACKED[@]}"
+# the persistent kernel's step placed: builds that leave a stage out (profiling/persistent_probe.py)
+probe() {
+  if [ -n "${DEVICE_CHECK_GROUPS:-}" ]; then
+    case " ${DEVICE_CHECK_GROUPS//,/ } " in *" probe "*) ;; *) return 0 ;; esac
+  fi
+  local left=$(( deadline - $(now) ))
+  if [ "$SMOKE" != 1 ] && [ "$left" -lt 100 ]; then
+    echo "== probe: skipped, $left s left before the deadline"
+    return 0
+  fi
+  echo "== probe ($(( $(now) - start )) s; timeout $left)"
+  local rc=0
+  timeout -k 5 "$left" "$PY" -m gpu_rnn.profiling.persistent_probe --csv "$OUT_DIR/probe.csv" \
+    >"$OUT_DIR/probe.log" 2>&1 || rc=$?
+  tail -n 20 "$OUT_DIR/probe.log"
+  if [ "$rc" -ne 0 ]; then
+    echo "probe: exit status $rc (see $OUT_DIR/probe.log)"
+    bstatus=$rc
+  fi
+}
+probe
 group bidir 0 "${G_BIDIR[@]}"
 group grid-t100 0 "${G_T100[@]}"
 group grid-b64 0 "${G_B64[@]}"

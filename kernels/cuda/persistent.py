@@ -930,7 +930,7 @@ def _largest_grid(compiled, mode, D, B, H, P, G, storage):
 
 
 def run_layer(mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts, peep, stream,
-              grid=None):
+              grid=None, kernel_fn=None):
     """Run one layer (both directions) over all time steps in one cooperative launch.
 
     Arguments as ``kernels.cuda.run_layer`` (module docstring there): device arrays in the
@@ -942,6 +942,8 @@ def run_layer(mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts, 
     grid    None: plan with :func:`fits` on the current device; an int: that many blocks;
             ``"max"``: the largest grid the device can hold co-resident; or a plan dict from
             :func:`fits` (keys ``blocks``, optionally ``threads``, ``lanes``, ``smem_bytes``).
+    kernel_fn   another build of the kernel (``profiling.persistent_probe``'s variants that
+            leave a stage out); default :func:`kernel` of the storage dtype.
     Returns the plan used. Raises :class:`PersistentUnavailable` when the launch cannot run
     (weights too large, grid not co-resident, more than one block under the simulator).
     """
@@ -953,7 +955,7 @@ def run_layer(mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts, 
     _, acc = _itemsizes(storage)
     ws = cuda.device_array(workspace_size(D, B, H, P), dtype=np.float64 if acc == 8
                            else np.float32, stream=stream)
-    k = kernel(storage)
+    k = kernel(storage) if kernel_fn is None else kernel_fn
     args = [mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts, peep, ws, 1]
     compiled = None if SIMULATOR else _compiled(k, args)
     if isinstance(grid, str):

@@ -107,6 +107,10 @@ def test_device_check_harness_calls_on_tiny_shapes(tmp_path):
             assert "--compare torch" in r["command"] and "--time-limit" in r["command"]
         assert "the CUDA simulator is not a device to compare on" in (out / f"{g}.log").read_text()
     assert {r["lengths"] for r in _csv(out / "packed" / "summary.csv")} == {"True"}
+    probe = _csv(out / "probe.csv")
+    assert sorted({r["variant"] for r in probe}) == sorted(
+        ["full", "no-dots", "no-cell", "no-dots-no-cell"])
+    assert all(float(r["us_per_step"]) > 0 and r["simulated"] == "True" for r in probe)
     assert {(r["L"], r["D"]) for r in _csv(out / "bidir" / "summary.csv")} == {("2", "2")}
     assert {r["dtype"] for r in _csv(out / "fp16" / "summary.csv")} == {"float16"}
     phases = _csv(out / "targets" / "phases.csv")
@@ -193,3 +197,18 @@ def test_grid_barrier_latency_measured_on_the_card():
     assert 1e-8 < t < 1e-4 and "cooperative" in note
     f = c.floor(Shape("lstm", B=1, T=10, I=128, H=128))
     assert f["bound"] == "barrier" and f["floor"] == pytest.approx(c.grid_sync_s)
+
+
+@sim_only
+def test_persistent_probe_times_every_build(tmp_path):
+    """``profiling/persistent_probe.py``: each build that leaves a stage out compiles and runs
+    through ``persistent.run_layer`` with the same plan (the stub builds' results are not
+    checked: they are wrong by design)."""
+    from gpu_rnn.profiling import persistent_probe
+    path = tmp_path / "probe.csv"
+    assert persistent_probe.main(["--shapes", "gru:1:2", "--seq-len", "2", "--csv", str(path)]) == 0
+    rows = _csv(path)
+    assert [r["variant"] for r in rows] == list(persistent_probe.VARIANTS)
+    assert {(r["cell"], r["B"], r["H"], r["blocks"]) for r in rows} == {("gru", "1", "2", "1")}
+    with pytest.raises(ValueError, match="variant must be one of"):
+        persistent_probe.build("float32", "no-barrier")
