@@ -15,9 +15,12 @@ dot product (``lanes``), BT = 4 batch rows per work item.
 Per step, a block's threads are grouped ``KS`` to a work item: one unit and a tile of up to
 ``BT`` batch rows. The lanes of a group split the ``P``-long dot products of the unit's ``G``
 gate rows with the tile's ``h`` rows (each weight loaded from shared memory serves the whole
-tile, ``G*BT`` accumulators in registers), reduce through shared memory, and lane 0 adds both
-biases and the input projection, runs the cell's pointwise math (``kernels.cells``, the same
-source as the CPU loop) and writes ``h``, ``c`` and ``out``.
+tile, ``G*BT`` accumulators in registers), and sum them across the lanes by warp shuffles
+(through shared memory under the simulator), which leaves the sums in every lane. Lane ``bb``
+then updates batch row ``bb`` of the tile: it adds both biases and the input projection (loaded
+before the dot products), runs the cell's pointwise math (``kernels.cells``, the same source as
+the CPU loop) and writes ``h``, ``c`` and ``out``. The projection and the GRU's second phase
+(below) still update a tile's rows from lane 0.
 Phases, each followed by the grid barrier:
 
 1. gates and cell update of the block's units (GRU with ``linear_before_reset = 0``: first the

@@ -171,8 +171,7 @@ def launch_shape(B, H, D):
     keeps all ``TBY`` rows of threads: their compute rows idle, but they share the loads of the
     weight tiles, whose latency (one load in flight per thread and iteration) bounds a step
     (measured on an H200: a step with 32 threads took about 260 ns per load iteration)."""
-    nty = TBY
-    return (math.ceil(H / TJ), math.ceil(B / (nty * RB)), D), (TJ, nty)
+    return (math.ceil(H / TJ), math.ceil(B / RBY), D), (TJ, TBY)
 
 
 def run_layer(mode, xp, w_hh, b_hh, w_hr, h0, c0, lengths, out, h_n, c_n, opts, peep, stream,
