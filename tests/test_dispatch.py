@@ -242,12 +242,13 @@ def test_plan_names_backend_and_reason():
     assert text.startswith("backend cpu, input GEMM packed register blocks") and "SERIAL" in text
     assert p.details["cpu_variant"] == "serial"
     # the plan names the variant the call runs: the batch split from B = 8 on two threads, the
-    # hidden units below, BLAS at batch 1 on one thread
+    # hidden units below and for large weights, BLAS at batch 1 on one thread
     big = gpu_rnn.LSTM(256, 256)
     xb = x_of(50, 16, 256)
     with numba_threads(2) as n:
         if n >= 2 and fast.parallel_ok():
-            assert big.plan(xb).details["cpu_variant"] == "split"
+            assert gpu_rnn.LSTM(128, 128).plan(x_of(50, 16, 128)).details["cpu_variant"] == "split"
+            assert big.plan(xb).details["cpu_variant"] == "hsplit"
             assert big.plan(x_of(50, 1, 256)).details["cpu_variant"] == "hsplit"
     with numba_threads(1):
         assert big.plan(x_of(50, 1, 512 // 2)).details["cpu_variant"] in ("serial", "blas")

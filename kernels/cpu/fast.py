@@ -83,6 +83,8 @@ SPLIT_MIN_MACS = 1 << 22
 SPLIT_RUN_MACS = 1 << 19  # see split_rows
 # HSPLIT below SPLIT_MIN_B from this many multiply-adds a step (no projection)
 HSPLIT_MACS = 3 << 16
+# ... and from B = 8 on too, from this many recurrent weights (512 KiB of float32; see variant)
+HSPLIT_MIN_WEIGHTS = 1 << 17
 # The input projection of a SERIAL layer stays on this thread below this many multiply-adds.
 PROJECT_BLAS_MACS = 1 << 21
 # the packed input projection is made CHUNK_BYTES of gates at a time, steps ahead of the ones
@@ -386,6 +388,24 @@ def rows_nt(h, w, acc, n0, n1):
 
 # -- the packed register-blocked product (the SERIAL step's recurrent matmul) ------------------
 
+def _simd_bytes():
+    """Bytes of the widest SIMD register the compiled code may use: 64 where the features numba
+    compiles for (``NUMBA_CPU_FEATURES``, else the host's) have AVX-512F, else 32 (AVX2)."""
+    try:
+        feats = numba.config.CPU_FEATURES
+        if feats is None:
+            from llvmlite import binding as ll
+            return 64 if ll.get_host_cpu_features().get("avx512f") else 32
+        return 64 if "+avx512f" in feats.split(",") else 32
+    except Exception:  # a host llvmlite cannot describe: AVX2 blocks, correct on any x86-64
+        return 32
+
+
+#: Bytes of one SIMD vector of the packed blocks (64: AVX-512, 16 float32; 32: AVX2, 8).
+#: A compile-time constant of the kernels: numba's on-disk cache is keyed by the host CPU's
+#: name and features, so a cache made on one kind of CPU is not reused on another.
+VW_BYTES = _simd_bytes()
+
 #: Rows of ``h`` per micro-kernel call, and vectors of columns per panel: a 4 x (2 or 3 vectors)
 #: block of accumulators (float32: 4 x 16 or 4 x 24), eight or twelve vector registers that stay
 #: in registers over the whole K loop.
@@ -408,9 +428,9 @@ def panel_vectors(K):
 
 
 def panel_width(dtype, K):
-    """Columns per packed panel of a ``K``-deep matrix: :func:`panel_vectors` SIMD vectors of 256
-    bits (8 float32 or 4 float64 each)."""
-    return panel_vectors(K) * (32 // np.dtype(dtype).itemsize)
+    """Columns per packed panel of a ``K``-deep matrix: :func:`panel_vectors` SIMD vectors of
+    ``VW_BYTES`` (AVX-512: 16 float32 or 8 float64 each; AVX2: 8 or 4)."""
+    return panel_vectors(K) * (VW_BYTES // np.dtype(dtype).itemsize)
 
 
 def pack(w, dtype, nv=None):
@@ -424,7 +444,7 @@ def pack(w, dtype, nv=None):
     nv = panel_vectors(K) if nv is None else nv
     if nv not in (2, 3):
         raise ValueError(f"pack: nv must be 2 or 3 vectors a panel, got {nv!r}")
-    pw = nv * (32 // dt.itemsize)
+    pw = nv * (VW_BYTES // dt.itemsize)
     npan = (N + pw - 1) // pw
     wt = np.zeros((K, npan * pw), dt)
     wt[:, :N] = np.asarray(w, dt).T
@@ -470,7 +490,7 @@ def _block_codegen(MR, PP, NV):
         b0, pidx = args[3], args[4]
         intp = context.get_value_type(types.intp)
         et = context.get_value_type(hty.dtype)
-        vw = 8 if hty.dtype == types.float32 else 4
+        vw = VW_BYTES // (4 if hty.dtype == types.float32 else 8)
         vty = ir.VectorType(et, vw)
         pw = NV * vw
 
@@ -531,21 +551,67 @@ def _block_codegen(MR, PP, NV):
     return codegen
 
 
-# 4 rows x 1 panel: B >= 2 (rows padded to a multiple of 4); 1 row x 4 panels: batch 1 (as many
-# accumulators); 1 x 1: the last panels at batch 1. Panels of 2 vectors, then of 3.
-_block2, _block2_1x4, _block2_1x1 = _make_block(MR, 1, 2), _make_block(1, 4, 2), _make_block(1, 1, 2)
-_block3, _block3_1x4, _block3_1x1 = _make_block(MR, 1, 3), _make_block(1, 4, 3), _make_block(1, 1, 3)
+# Row blocks of one panel: 12 x 2 vectors (24 accumulators of the 32 AVX-512 registers; 8 and 4
+# rows for the tails) and 8 x 3 (4 for the tail); 1 row x 4 panels: batch 1 (as many
+# accumulators again); 1 x 1: the last panels at batch 1.
+_block2_12, _block2_8, _block2 = _make_block(12, 1, 2), _make_block(8, 1, 2), _make_block(MR, 1, 2)
+_block3_8, _block3 = _make_block(8, 1, 3), _make_block(MR, 1, 3)
+_block2_1x4, _block2_1x1 = _make_block(1, 4, 2), _make_block(1, 1, 2)
+_block3_1x4, _block3_1x1 = _make_block(1, 4, 3), _make_block(1, 1, 3)
+
+#: Bytes of ``h`` rows per pass over the panels in :func:`rows_packed` (a chunk stays in L2
+#: while every panel goes by).
+ROW_CHUNK_BYTES = 1 << 18
+
+
+@_jit
+def _panel_rows(h, wp, acc, p, r0, r1, wide):
+    """Rows ``r0:r1`` (a multiple of 4 of them) of panel ``p``: with AVX-512's 32 registers,
+    blocks of 12 rows (3-vector panels: 8) while more than 16 remain, then one block of the rest
+    (16 as two of 8); with AVX2's 16, blocks of 4."""
+    b = r0
+    if VW_BYTES < 64:  # 16 vector registers (AVX2): blocks of 4 rows, 8 or 12 accumulators
+        while b < r1:
+            if wide:
+                _block3(h, wp, acc, b, p)
+            else:
+                _block2(h, wp, acc, b, p)
+            b += MR
+        return
+    if wide:
+        while b + 8 <= r1:
+            _block3_8(h, wp, acc, b, p)
+            b += 8
+        if b < r1:
+            _block3(h, wp, acc, b, p)
+        return
+    while r1 - b > 16:
+        _block2_12(h, wp, acc, b, p)
+        b += 12
+    n = r1 - b
+    if n == 16:
+        _block2_8(h, wp, acc, b, p)
+        _block2_8(h, wp, acc, b + 8, p)
+    elif n == 12:
+        _block2_12(h, wp, acc, b, p)
+    elif n == 8:
+        _block2_8(h, wp, acc, b, p)
+    elif n == 4:
+        _block2(h, wp, acc, b, p)
 
 
 @_jit
 def rows_packed(h, wp, acc):
     """``acc = h @ W.T`` for ``wp = pack(W)``: ``h (Bp, K)`` with ``Bp`` a multiple of 4 (padding
-    rows of zeros give zeros) or 1, ``acc (Bp, npanels * PW)`` (padding columns come out 0). One
-    register block per 4 rows and panel, or per 4 panels of a single row: 30-44 GMAC/s on one
-    AVX2 core at B >= 4, against 15-25 for :func:`rows_nt` (the dot products' horizontal sums
-    cost most at small K), and 1.1-2x :func:`rows_nt` at B = 1. Shapes are checked once per
-    call: the block itself reads by pointer, unchecked. Panels of 2 or 3 vectors (``pack``)."""
-    vw = 32 // h.itemsize
+    rows of zeros give zeros) or 1, ``acc (Bp, npanels * PW)`` (padding columns come out 0).
+    Panel after panel, each by register blocks of up to 12 rows (:func:`_panel_rows`), so a
+    panel is read from memory once per ``ROW_CHUNK_BYTES`` of rows and then from cache; one row:
+    blocks of 4 panels. Measured (one AVX-512 core, float32, GMAC/s, against the former 4-row
+    blocks, row after row): 24 rows N=256 K=64 73.6 against 44.9, N=1024 K=256 79.9 against 64.1,
+    48 rows N=2048 K=512 70.1 against 27.6 (the panels then came from L3 for every 4 rows).
+    Shapes are checked once per call: the blocks read by pointer, unchecked. Panels of 2 or 3
+    vectors (``pack``)."""
+    vw = VW_BYTES // h.itemsize
     pw = wp.shape[2]
     if ((h.shape[0] % MR != 0 and h.shape[0] != 1) or wp.shape[1] != h.shape[1]
             or (pw != 2 * vw and pw != 3 * vw)
@@ -567,12 +633,12 @@ def rows_packed(h, wp, acc):
             else:
                 _block2_1x1(h, wp, acc, 0, p)
         return
-    for b in range(0, h.shape[0], MR):
+    B = h.shape[0]
+    rc = max(48, ROW_CHUNK_BYTES // max(1, h.shape[1] * h.itemsize) // 48 * 48)
+    for r0 in range(0, B, rc):
+        r1 = min(B, r0 + rc)
         for p in range(npan):
-            if wide:
-                _block3(h, wp, acc, b, p)
-            else:
-                _block2(h, wp, acc, b, p)
+            _panel_rows(h, wp, acc, p, r0, r1, wide)
 
 
 # -- the pointwise update -----------------------------------------------------------------------
@@ -887,6 +953,17 @@ def layer_split(mode, x, w_ih, w_hh, bias, b_hn, w_hr, wp, wip, h0, c0, lengths,
             k = _atomic_inc(counter, 0)
 
 
+#: Bytes of a tile's gates per chunk of :func:`layer_hsplit`'s input projection.
+HSPLIT_CHUNK_BYTES = 1 << 20
+
+
+@_jit
+def hsplit_chunk_steps(T, B, Npt, itemsize):
+    """Steps per chunk of :func:`layer_hsplit`'s input projection: ``HSPLIT_CHUNK_BYTES`` of a
+    tile's gates (``B * Npt`` a step), at least one step, at most ``T``."""
+    return max(1, min(T, HSPLIT_CHUNK_BYTES // (B * Npt * itemsize)))
+
+
 @_jit_par
 def layer_hsplit(mode, x, wips, wps, biases, bhns, h0, c0, lengths, reverse, out, col, h_n, c_n,
                  threads):
@@ -908,9 +985,9 @@ def layer_hsplit(mode, x, wips, wps, biases, bhns, h0, c0, lengths, reverse, out
     NP, mt = bhns.shape
     H = h0.shape[1]
     Bp = B if B == 1 else (B + MR - 1) // MR * MR
-    xps = np.empty((NP, T, B, wips.shape[1] * wips.shape[3]), dtype=x.dtype)
-    for p in numba.prange(NP):
-        project_packed_into(x, wips[p], biases[p], xps[p])
+    Npt = wips.shape[1] * wips.shape[3]
+    tc = hsplit_chunk_steps(T, B, Npt, x.itemsize)
+    xps = np.empty((NP, tc, B, Npt), dtype=x.dtype)
     hfull = np.zeros((2, Bp, H), dtype=x.dtype)   # step s reads [s % 2], writes [(s + 1) % 2]
     htile = np.zeros((2, NP, B, mt), dtype=x.dtype)
     ctile = np.zeros((NP, B, mt), dtype=x.dtype)
@@ -934,9 +1011,14 @@ def layer_hsplit(mode, x, wips, wps, biases, bhns, h0, c0, lengths, reverse, out
                         _spin_pause()
                 u0 = p * mt
                 m = min(mt, H - u0)
+                s0 = s - s % tc  # the chunk of steps s belongs to, and its first time step
+                n = min(tc, T - s0)
+                t0 = T - s0 - n if reverse else s0
+                if s == s0:  # the tile's input projection of the chunk's steps
+                    project_packed_into(x[t0:t0 + n], wips[p], biases[p], xps[p, :n])
                 rows_packed(hfull[s % 2], wps[p], acc[p])
                 ht = htile[(s + 1) % 2, p]
-                point_tile(mode, xps[p, t], acc[p], bhns[p], htile[s % 2, p], ht, ctile[p],
+                point_tile(mode, xps[p, t - t0], acc[p], bhns[p], htile[s % 2, p], ht, ctile[p],
                            lengths, t, out[t], col + u0, 0, m)
                 hn = hfull[(s + 1) % 2]
                 for b in range(B):
@@ -962,7 +1044,7 @@ def prepare_tiles(prepared, ntiles):
     dt = w_hh.dtype
     GH, H = w_hh.shape
     G = GH // H
-    vw = 32 // dt.itemsize
+    vw = VW_BYTES // dt.itemsize
     mt = -(-H // ntiles)
     mt = -(-mt // vw) * vw if mt > vw else mt  # tile edges on whole vectors of units
     ntiles = -(-H // mt)
@@ -1056,6 +1138,16 @@ def variant(B, H, G, threads=None, T=None, I=None, proj=False):
     vs 2855 vs 2506; B=8 H=512 228 vs 353 vs 610. Whole layers of few steps (µs per call):
     LSTM B=8 H=64 T=5 (1.3M) 109 vs 86, B=16 H=64 T=10 (5.2M) 297 vs 375.
 
+    From B = 8 too, ``HSPLIT`` where the recurrent weights are large (``G * H * H >=
+    HSPLIT_MIN_WEIGHTS``, no projection): a run of ``SPLIT`` streams all of ``W_hh`` (and, chunk
+    after chunk, ``W_ih``) from L3 for its few sequences every step, where a tile streams its
+    share once for the whole batch. Measured on a 2-core AVX-512 machine (2026-11-28, forced,
+    interleaved, µs per step at T = 100, SPLIT vs HSPLIT): LSTM B=8 H=512 357 vs 165, B=16 H=512
+    649 vs 297, B=64 H=512 2578 vs 1095, B=16 H=256 110 vs 74, B=64 H=256 411 vs 297, B=8 H=256
+    53 vs 38; GRU B=64 H=512 1656 vs 828, B=16 H=256 63 vs 53, B=8 H=256 31 vs 28; RNN B=16
+    H=512 89 vs 75; ties below (LSTM B=32 H=128 42.5 vs 43.1, RNN B=64 H=256 90 vs 91) and SPLIT
+    ahead at H = 64 (LSTM B=64 25.9 vs 28.7, GRU B=64 19.3 vs 22.4).
+
     Below B = 8, ``HSPLIT`` (no projection) from 192K multiply-adds a step, on the same
     conditions: each core then streams only its tiles' share of the weights each step, and the
     parts meet at one counter per step (µs per step at T = 100, HSPLIT vs SERIAL vs BLAS,
@@ -1083,7 +1175,9 @@ def variant(B, H, G, threads=None, T=None, I=None, proj=False):
     layer_macs = (100 if T is None else T) * B * G * H * (2 * H if I is None else I + H)
     if layer_macs >= SPLIT_MIN_MACS and (B >= SPLIT_MIN_B or (macs >= HSPLIT_MACS and not proj)) \
             and (num_threads() if threads is None else threads) >= 2 and parallel_ok():
-        return SPLIT if B >= SPLIT_MIN_B else HSPLIT
+        if B >= SPLIT_MIN_B and (proj or G * H * H < HSPLIT_MIN_WEIGHTS):
+            return SPLIT
+        return HSPLIT
     if (B >= BLAS_MIN_B and macs >= BLAS_MACS) or (B == 1 and macs >= BLAS_MACS_B1):
         return BLAS
     return SERIAL
