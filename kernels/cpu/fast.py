@@ -80,7 +80,6 @@ BLAS_MACS_B1 = 1 << 19
 # SPLIT from this batch and this many multiply-adds in the layer, with two threads or more.
 SPLIT_MIN_B = 8
 SPLIT_MIN_MACS = 1 << 22
-SPLIT_RUN_MACS = 1 << 19  # see split_rows
 # HSPLIT below SPLIT_MIN_B from this many multiply-adds a step (no projection)
 HSPLIT_MACS = 3 << 16
 # ... and from B = 8 on too, from this many recurrent weights (512 KiB of float32; see variant)
@@ -1226,22 +1225,17 @@ def projection_blas(T, B, I, N, v):
     return v != SERIAL or T * B * I * N > PROJECT_BLAS_MACS
 
 
-def split_rows(B, threads=None, row_macs=0):
-    """Sequences per run of ``SPLIT``: whole register blocks (4 rows); at large batches enough
-    for eight runs a thread (each run streams the weights on its own: a 4-row run at H >= 1024
-    would read them from memory, not from L3); and more, up to two runs a thread, where a run's
-    step would have fewer than ``SPLIT_RUN_MACS`` multiply-adds (``row_macs`` a sequence's, 0:
-    unknown). Each step of a run costs calls and views whatever its rows, a few % of a 4-row step
-    at H = 64; at H = 256 and more a 4-row step is long enough, and small runs balance best when
-    a thread starts late. Measured (2 threads, 0.3 s pauses, interleaved, µs a step, runs of 4
-    against the rows chosen here): LSTM B=64 H=64 51.3-51.6 against 48.7-49.5 (16 rows), GRU
-    B=64 H=64 39.2-42.7 against 36.9-38.2, LSTM B=32 H=64 28.5 against 27.5 (8 rows); and runs
-    of 4 at LSTM B=64 H=512: 2068 against 2107 (16 rows) and 2182 (32)."""
-    n = num_threads() if threads is None else threads
-    eight = -(-(-(-B // (8 * n))) // MR) * MR           # blocks for eight runs a thread
-    two = B // (2 * n) // MR * MR                        # blocks for two runs a thread
-    short = -(-(-(-SPLIT_RUN_MACS // row_macs)) // MR) * MR if row_macs > 0 else MR
-    return max(MR, eight, min(two, short))
+def split_rows(B, threads=None):
+    """Sequences per run of ``SPLIT``: one run a thread, in whole register blocks (4 rows). The
+    packed product goes panel after panel over all of a run's rows, so a larger run reads the
+    weights fewer times a step; measured (2 threads, 0.2 s pauses, interleaved, µs a step at
+    T = 100, runs of 4 / 8 / 16 / 32): LSTM B=16 H=64 7.2 / 6.4 / 11.9 / 11.6, B=64 H=64 29.7 /
+    25.8 / 25.1 / 24.3, B=32 H=128 43.1 / 37.4 / 37.3 / 70.5, B=64 H=256 357 / 289 / 289 / 280;
+    GRU B=16 H=64 5.5 / 4.8 / 8.9 / 8.9, B=64 H=64 21.9 / 19.1 / 18.8 / 18.3; RNN B=64 H=256 90.4
+    / 75.6 / 75.1 / 77.0. (A thread that starts late then leaves its run to the others: the
+    layer waits for it.)"""
+    n = max(1, num_threads() if threads is None else threads)
+    return max(MR, -(-(-(-B // n)) // MR) * MR)
 
 
 _NO_PANELS = {"f": np.empty((0, 0, 0), np.float32), "d": np.empty((0, 0, 0), np.float64)}
@@ -1296,8 +1290,7 @@ def run_prepared(mode, x, prepared, h0, c0, lengths, reverse, out, col, h_n, c_n
         layer_parallel(*args, num_threads())
     elif v == SPLIT:
         n = num_threads()
-        P = w_hh.shape[1]
-        layer_split(*args, split_rows(B, n, GH * (I + P) + w_hr.size), n)
+        layer_split(*args, split_rows(B, n), n)
     else:
         layer_serial(*args, v == BLAS)
     return v
