@@ -327,6 +327,9 @@ def test_packed_product_against_float64(rng, dtype):
         hp[:B] = h
         acc = np.full((Bp, wp.shape[0] * pw), np.nan, dtype)
         fast.rows_packed(hp, wp, acc)
+        back = np.full_like(acc, np.nan)
+        fast.rows_packed(hp, wp, back, True)  # the panels last to first: the same numbers
+        assert np.array_equal(back, acc)
         want = h.astype(np.float64) @ w.T.astype(np.float64)
         tol = 1e-12 if dtype == np.float64 else 2e-6
         assert np.abs(acc[:B, :N] - want).max() <= tol * max(1.0, np.abs(want).max()) * K ** 0.5
