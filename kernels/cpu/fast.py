@@ -11,12 +11,14 @@ BLAS per layer call):
 
 - ``SERIAL``, one thread, no per-step library call or thread wake-up: the packed register
   blocks of :func:`rows_packed` (``W_hh`` packed once per weight version by :func:`pack`);
-- ``SPLIT``: the batch cut into runs of sequences; the threads take runs with an atomic
-  counter and make all T steps of each (its input projection included) as ``SERIAL`` does,
-  with no BLAS call. Sequences never meet, so the threads meet once per layer, not per step;
+- ``SPLIT``: the batch cut into runs of sequences (one a thread); the threads take runs with an
+  atomic counter and make all T steps of each (its input projection included) as ``SERIAL``
+  does, with no BLAS call. Sequences never meet, so the threads meet once per layer, not per
+  step; for small weights;
 - ``HSPLIT``: the hidden units cut into tiles, one part per tile and step; threads claim
   parts (their own tile first) and a part waits for the previous step's parts at an atomic
-  counter: for batches too small to split, at batch 1 above all;
+  counter: for batches too small to split, and for large weights at any batch (each core then
+  streams only its tile's weights, once a step for the whole batch);
 - ``PARALLEL``: the dot products and the pointwise update fused per tile of hidden units
   (all G gates of units ``j0:j1``), tiles spread over the threads with one ``prange`` per step;
   the hidden state is double-buffered so no tile reads a half-updated ``h``. Never chosen
@@ -424,9 +426,10 @@ def _simd_bytes():
 #: name and features, so a cache made on one kind of CPU is not reused on another.
 VW_BYTES = _simd_bytes()
 
-#: Rows of ``h`` per micro-kernel call, and vectors of columns per panel: a 4 x (2 or 3 vectors)
-#: block of accumulators (float32: 4 x 16 or 4 x 24), eight or twelve vector registers that stay
-#: in registers over the whole K loop.
+#: Rows of ``h`` in the smallest register block (states are padded to a multiple of it), and
+#: vectors of columns per narrow panel. With AVX2 every block is 4 x (2 or 3 vectors): eight or
+#: twelve of the 16 vector registers hold accumulators over the whole K loop; with AVX-512 the
+#: blocks of more rows in :func:`_panel_rows` use 24 of the 32.
 MR = 4
 NV = 2
 #: Three vectors a panel from this depth K on (see :func:`panel_vectors`).
