@@ -449,6 +449,33 @@ def test_split_rows():
     assert fast.split_rows(1000, 1) == 1000
 
 
+def test_generation_run_rows():
+    """Generation's runs (Python threads): whole register blocks, enough for eight runs a
+    thread at large batches, larger runs where a run's step is short (small H) as long as every
+    thread gets two runs."""
+    from gpu_rnn.kernels.cpu import generation
+
+    def lstm(H, I=None):  # a sequence's multiply-adds a step
+        return 4 * H * ((I or H) + H)
+
+    for B in (1, 3, 4, 8, 13, 16, 17, 32, 64, 65, 100, 256, 1000):
+        for threads in (1, 2, 3, 8):
+            eight = -(-(-(-B // (8 * threads))) // fast.MR) * fast.MR
+            for row_macs in (0, 1, lstm(8), lstm(64), lstm(256), lstm(512), lstm(64, 1000)):
+                rows = generation.run_rows(B, threads, row_macs)
+                case = (B, threads, row_macs, rows)
+                assert rows % fast.MR == 0 and rows >= max(fast.MR, eight), case
+                if row_macs == 0 or row_macs * fast.MR >= generation.RUN_MACS:
+                    assert rows == max(fast.MR, eight), case
+                elif rows > max(fast.MR, eight):
+                    assert -(-B // rows) >= 2 * threads, case
+    assert generation.run_rows(64, 2, lstm(64)) == 16
+    assert generation.run_rows(32, 2, lstm(64)) == 8
+    assert generation.run_rows(16, 2, lstm(64)) == 4
+    assert generation.run_rows(64, 2, lstm(256)) == generation.run_rows(64, 2, lstm(512)) == 4
+    assert generation.run_rows(1000, 2, lstm(512)) == 64
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_projection_in_chunks(force, rng, mode, dtype):

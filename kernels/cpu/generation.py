@@ -131,13 +131,32 @@ def plan(mode, dtype, prepared, B, steps, threads=None):
     n = fast.num_threads() if threads is None else threads
     row_macs = sum(p[1].shape[0] * (p[0].shape[1] + p[1].shape[1]) + p[4].size for p in prepared)
     if n >= 2 and B >= fast.SPLIT_MIN_B and steps * B * row_macs >= fast.SPLIT_MIN_MACS:
-        rows = fast.split_rows(B, n, row_macs)
+        rows = run_rows(B, n, row_macs)
         per_run = _layers(mode, dt, prepared, rows, 1)
         return None if per_run is None else (per_run[0], per_run[1], rows, n)
     planned = _layers(mode, dt, prepared, B, n)
     if planned is None or planned[2]:
         return None
     return planned[0], planned[1], 0, 1
+
+
+#: A run's step should have at least this many multiply-adds (see :func:`run_rows`).
+RUN_MACS = 1 << 19
+
+
+def run_rows(B, threads, row_macs=0):
+    """Sequences per run of :func:`generate_split` (its runs go to Python threads that take
+    them one after another): whole register blocks (``fast.MR`` rows); at large batches enough
+    for eight runs a thread; and more, up to two runs a thread, where a run's step would have
+    fewer than ``RUN_MACS`` multiply-adds (``row_macs`` a sequence's, 0: unknown), so that a
+    step's calls and views weigh little, and small runs balance the threads when one starts
+    late. (A layer's ``SPLIT`` makes one run a thread instead: ``fast.split_rows``.)"""
+    mr = fast.MR
+    n = max(1, threads)
+    eight = -(-(-(-B // (8 * n))) // mr) * mr           # blocks for eight runs a thread
+    two = B // (2 * n) // mr * mr                        # blocks for two runs a thread
+    short = -(-(-(-RUN_MACS // row_macs)) // mr) * mr if row_macs > 0 else mr
+    return max(mr, eight, min(two, short))
 
 
 def _layers(mode, dt, prepared, B, threads):
