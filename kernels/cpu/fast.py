@@ -622,37 +622,51 @@ def _panel_rows(h, wp, acc, p, r0, r1, wide):
     far = h.shape[1] >= WIDE_PANEL_K  # deep panels: prefetched (see PREFETCH_K)
     if wide:
         while b + 8 <= r1:
-            if far:
-                _block3_8p(h, wp, acc, b, p)
-            else:
-                _block3_8(h, wp, acc, b, p)
+            _block3_8f(far, h, wp, acc, b, p)
             b += 8
         if b < r1:
             _block3(h, wp, acc, b, p)
         return
     while r1 - b > 16:
-        if far:
-            _block2_12p(h, wp, acc, b, p)
-        else:
-            _block2_12(h, wp, acc, b, p)
+        _block2_12f(far, h, wp, acc, b, p)
         b += 12
     n = r1 - b
-    if n == 16 and far:
-        _block2_8p(h, wp, acc, b, p)
-        _block2_8p(h, wp, acc, b + 8, p)
-    elif n == 16:
-        _block2_8(h, wp, acc, b, p)
-        _block2_8(h, wp, acc, b + 8, p)
-    elif n == 12 and far:
-        _block2_12p(h, wp, acc, b, p)
+    if n == 16:
+        _block2_8f(far, h, wp, acc, b, p)
+        _block2_8f(far, h, wp, acc, b + 8, p)
     elif n == 12:
-        _block2_12(h, wp, acc, b, p)
-    elif n == 8 and far:
-        _block2_8p(h, wp, acc, b, p)
+        _block2_12f(far, h, wp, acc, b, p)
     elif n == 8:
-        _block2_8(h, wp, acc, b, p)
+        _block2_8f(far, h, wp, acc, b, p)
     elif n == 4:
         _block2(h, wp, acc, b, p)
+
+
+@_jit
+def _block2_12f(far, h, wp, acc, b, p):
+    """The 12 x 2 block, prefetching its panel where ``far``."""
+    if far:
+        _block2_12p(h, wp, acc, b, p)
+    else:
+        _block2_12(h, wp, acc, b, p)
+
+
+@_jit
+def _block2_8f(far, h, wp, acc, b, p):
+    """The 8 x 2 block, prefetching its panel where ``far``."""
+    if far:
+        _block2_8p(h, wp, acc, b, p)
+    else:
+        _block2_8(h, wp, acc, b, p)
+
+
+@_jit
+def _block3_8f(far, h, wp, acc, b, p):
+    """The 8 x 3 block, prefetching its panel where ``far``."""
+    if far:
+        _block3_8p(h, wp, acc, b, p)
+    else:
+        _block3_8(h, wp, acc, b, p)
 
 
 @_jit
