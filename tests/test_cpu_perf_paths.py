@@ -308,13 +308,17 @@ def test_packed_product_against_float64(rng, dtype):
     right, the padding rows and columns exactly zero, nothing left unwritten (the output is
     poisoned first). Every block of rows and the tails (1, 4, 8, 12 rows; 16 as 8 + 8) and
     more rows than one chunk (``ROW_CHUNK_BYTES``). Panels of 2 vectors (K < fast.WIDE_PANEL_K)
-    and of 3, by default and forced either way."""
+    and of 3, by default and forced either way. Told the matrix's row count ``n``, the last
+    panel computes only the vectors that hold a row (1 of 2, 1 of 3, 2 of 3; every row block):
+    the same numbers, bit for bit, and its padding columns still zeros."""
     vw = fast.VW_BYTES // np.dtype(dtype).itemsize
     cases = [(1, 1, 1), (3, 7, 5), (4, 64, 256), (5, 17, 33), (8, 129, 257), (13, 31, 2 * vw + 1),
              (1, 9, 18 * vw + 3), (1, 64, 16 * vw), (2, 5, 3), (4, 128, 256), (13, 131, 3 * vw + 1),
              (1, 130, 27 * vw + 5), (1, 257, 24 * vw), (3, 3, 7),
              # blocks of 12 rows, 12 + 8 + 8, 12 + 12 + 8 + 8, and two chunks of rows (48 + 8)
-             (12, 17, 3 * vw + 1), (25, 33, 70), (37, 5, 2 * vw), (53, 2049, 35)]
+             (12, 17, 3 * vw + 1), (25, 33, 70), (37, 5, 2 * vw), (53, 2049, 35),
+             # the last panel's first vectors only, over blocks of 12, 8 and 4 rows
+             (37, 128, 3 * vw + 5), (29, 140, 7 * vw + 3), (20, 64, 3 * vw), (6, 64, 2 * vw + 1)]
     for (B, K, N), nv in [(c, None) for c in cases] + [(c, nv) for c in cases[-10:] for nv in (2, 3)]:
         h = rng.standard_normal((B, K)).astype(dtype)
         w = rng.standard_normal((N, K)).astype(dtype)
@@ -330,6 +334,10 @@ def test_packed_product_against_float64(rng, dtype):
         back = np.full_like(acc, np.nan)
         fast.rows_packed(hp, wp, back, True)  # the panels last to first: the same numbers
         assert np.array_equal(back, acc)
+        for backward in (False, True):
+            told = np.full_like(acc, np.nan)
+            fast.rows_packed(hp, wp, told, backward, N)
+            assert np.array_equal(told, acc), (B, K, N, nv, backward)
         want = h.astype(np.float64) @ w.T.astype(np.float64)
         tol = 1e-12 if dtype == np.float64 else 2e-6
         assert np.abs(acc[:B, :N] - want).max() <= tol * max(1.0, np.abs(want).max()) * K ** 0.5
@@ -347,6 +355,9 @@ def test_packed_product_against_float64(rng, dtype):
         fast.rows_packed(h[:, :4].copy(), wp, np.empty((4, wp.shape[0] * pw), dtype))
     with pytest.raises(ValueError, match="rows_packed"):
         fast.rows_packed(h, wp, np.empty((4, wp.shape[0] * pw - 1), dtype))
+    for n in (0, pw * (wp.shape[0] - 1), pw * wp.shape[0] + 1):  # n outside the last panel
+        with pytest.raises(ValueError, match="rows_packed: n"):
+            fast.rows_packed(h, wp, np.empty((4, wp.shape[0] * pw), dtype), False, n)
     for width in (vw, 4 * vw):  # panels of neither width
         with pytest.raises(ValueError, match="rows_packed"):
             fast.rows_packed(h, np.zeros((2, 5, width), dtype), np.empty((4, 2 * width), dtype))

@@ -488,25 +488,32 @@ def _block_typer(h, wp, acc):
 PREFETCH_K = 32
 
 
-def _make_block(mr, pp, nv, prefetch=0):
+def _make_block(mr, pp, nv, prefetch=0, snv=None):
     """The register block of ``mr`` rows by ``pp`` panels of ``nv`` vectors (``mr * pp * nv``
-    accumulators); ``prefetch``: steps of k ahead to prefetch the panel's lines, 0 for none."""
+    accumulators); ``prefetch``: steps of k ahead to prefetch the panel's lines, 0 for none;
+    ``snv``: vectors a panel holds (default ``nv``; more: only the first ``nv`` are computed,
+    the rest of the block's columns written as zeros)."""
+    snv = nv if snv is None else snv
 
     def typer(typingctx, h, wp, acc, b0, p):
         sig = _block_typer(h, wp, acc)
         if sig is None:
             return None
-        return sig, _block_codegen(mr, pp, nv, prefetch)
-    typer.__name__ = f"_block{nv}_{mr}x{pp}" + (f"_pf{prefetch}" if prefetch else "")
+        return sig, _block_codegen(mr, pp, nv, prefetch, snv)
+    typer.__name__ = f"_block{snv}_{mr}x{pp}" + (f"_pf{prefetch}" if prefetch else "") + \
+        (f"_first{nv}" if snv != nv else "")
     return intrinsic(typer)
 
 
-def _block_codegen(MR, PP, NV, PF=0):
-    """``acc[b0:b0+MR, p*PW:(p+PP)*PW] = h[b0:b0+MR] @ panels p..p+PP-1`` (``PW = NV * VW``): written
-    in LLVM IR because its accumulators must be SIMD registers carried through the k loop (numba's
-    loop vectoriser only widens innermost loops, and leaves the accumulators in memory). Per k:
-    ``PP * NV`` vector loads of the panels, ``MR`` broadcasts of ``h``, ``MR * PP * NV`` fused
-    multiply-adds. C-contiguous float32 or float64 arrays only, shapes checked by the caller."""
+def _block_codegen(MR, PP, NV, PF=0, SNV=None):
+    """``acc[b0:b0+MR, p*PW:(p+PP)*PW] = h[b0:b0+MR] @ panels p..p+PP-1`` (``PW = SNV * VW``, the
+    panels' width; ``SNV`` default ``NV``): written in LLVM IR because its accumulators must be
+    SIMD registers carried through the k loop (numba's loop vectoriser only widens innermost
+    loops, and leaves the accumulators in memory). Per k: ``PP * NV`` vector loads of the panels,
+    ``MR`` broadcasts of ``h``, ``MR * PP * NV`` fused multiply-adds; with ``SNV > NV`` the last
+    ``SNV - NV`` vectors of each panel (padding columns) are not read and come out zeros.
+    C-contiguous float32 or float64 arrays only, shapes checked by the caller."""
+    SNV = NV if SNV is None else SNV
 
     def codegen(context, builder, signature, args):
         from numba.core import cgutils
@@ -520,7 +527,7 @@ def _block_codegen(MR, PP, NV, PF=0):
         et = context.get_value_type(hty.dtype)
         vw = VW_BYTES // (4 if hty.dtype == types.float32 else 8)
         vty = ir.VectorType(et, vw)
-        pw = NV * vw
+        pw = SNV * vw  # the panels' stride; NV of their SNV vectors computed
 
         def c(v):
             return ir.Constant(intp, v)
@@ -583,9 +590,11 @@ def _block_codegen(MR, PP, NV, PF=0):
         for i in range(MR):
             arow = builder.gep(aa.data, [builder.add(builder.mul(builder.add(b0, c(i)), Na),
                                                      builder.mul(pidx, c(pw)))])
-            for j in range(NVP):
-                builder.store(res[i][j], builder.bitcast(builder.gep(arow, [c(vw * j)]), vty.as_pointer()),
-                              align=4)
+            for q in range(PP):
+                for j in range(SNV):
+                    v = res[i][q * NV + j] if j < NV else zero
+                    builder.store(v, builder.bitcast(builder.gep(arow, [c(q * pw + vw * j)]), vty.as_pointer()),
+                                  align=4)
         return context.get_dummy_value()
     return codegen
 
@@ -599,6 +608,61 @@ _block2_12p, _block3_8p = _make_block(12, 1, 2, PREFETCH_K), _make_block(8, 1, 3
 _block2_8p = _make_block(8, 1, 2, PREFETCH_K)
 _block2_1x4, _block2_1x1 = _make_block(1, 4, 2), _make_block(1, 1, 2)
 _block3_1x4, _block3_1x1 = _make_block(1, 4, 3), _make_block(1, 1, 3)
+
+# The last panel's first vectors only, where the rest is padding (``rows_packed``'s ``n``): 1 of
+# 2, 1 of 3 or 2 of 3 vectors, by blocks of 12, 8 and 4 rows.
+_t12_12, _t12_8, _t12_4 = (_make_block(r, 1, 1, 0, 2) for r in (12, 8, MR))
+_t13_12, _t13_8, _t13_4 = (_make_block(r, 1, 1, 0, 3) for r in (12, 8, MR))
+_t23_12, _t23_8, _t23_4 = (_make_block(r, 1, 2, 0, 3) for r in (12, 8, MR))
+
+
+@_jit
+def _tail_block(h, wp, acc, b, p, rows, nv, wide):
+    """The block of ``rows`` (12, 8 or 4) rows from ``b`` of panel ``p`` computing only its first
+    ``nv`` vectors (the rest come out zeros)."""
+    if wide and nv == 2:
+        if rows == 12:
+            _t23_12(h, wp, acc, b, p)
+        elif rows == 8:
+            _t23_8(h, wp, acc, b, p)
+        else:
+            _t23_4(h, wp, acc, b, p)
+    elif wide:
+        if rows == 12:
+            _t13_12(h, wp, acc, b, p)
+        elif rows == 8:
+            _t13_8(h, wp, acc, b, p)
+        else:
+            _t13_4(h, wp, acc, b, p)
+    elif rows == 12:
+        _t12_12(h, wp, acc, b, p)
+    elif rows == 8:
+        _t12_8(h, wp, acc, b, p)
+    else:
+        _t12_4(h, wp, acc, b, p)
+
+
+@_jit
+def _tail_rows(h, wp, acc, p, r0, r1, nv, wide):
+    """Rows ``r0:r1`` (a multiple of 4) of panel ``p``, only its first ``nv`` vectors computed:
+    blocks of 12 rows while more than 16 remain, then the rest as :func:`_panel_rows` cuts it
+    (AVX2: blocks of 4)."""
+    b = r0
+    if VW_BYTES < 64:
+        while b < r1:
+            _tail_block(h, wp, acc, b, p, MR, nv, wide)
+            b += MR
+        return
+    while r1 - b > 16:
+        _tail_block(h, wp, acc, b, p, 12, nv, wide)
+        b += 12
+    n = r1 - b
+    if n == 16:
+        _tail_block(h, wp, acc, b, p, 8, nv, wide)
+        _tail_block(h, wp, acc, b + 8, p, 8, nv, wide)
+    elif n > 0:
+        _tail_block(h, wp, acc, b, p, n, nv, wide)
+
 
 #: Bytes of ``h`` rows per pass over the panels in :func:`rows_packed` (a chunk stays in L2
 #: while every panel goes by).
@@ -670,7 +734,7 @@ def _block3_8f(far, h, wp, acc, b, p):
 
 
 @_jit
-def rows_packed(h, wp, acc, backward=False):
+def rows_packed(h, wp, acc, backward=False, n=-1):
     """``acc = h @ W.T`` for ``wp = pack(W)``: ``h (Bp, K)`` with ``Bp`` a multiple of 4 (padding
     rows of zeros give zeros) or 1, ``acc (Bp, npanels * PW)`` (padding columns come out 0).
     Panel after panel, each by register blocks of up to 12 rows (:func:`_panel_rows`), so a
@@ -687,7 +751,17 @@ def rows_packed(h, wp, acc, backward=False):
     before its next use). Measured in :func:`layer_hsplit` (2 threads, µs a step at T = 100,
     one direction against alternating, interleaved): LSTM B=1 H=512 (2 MiB of W_hh a tile)
     47.4 against 36.4, B=16 H=512 212 against 205, B=64 H=512 843 against 829; no change where
-    the tile fits (GRU B=1 H=512 22.6 against 23.2, LSTM B=16 H=256 59.4 against 59.9)."""
+    the tile fits (GRU B=1 H=512 22.6 against 23.2, LSTM B=16 H=256 59.4 against 59.9).
+
+    ``n``: the rows of ``W`` (-1: not told). Told, the last panel computes only its vectors that
+    hold a row of ``W`` (its other columns come out zeros, as before) where ``Bp > 1``: an LSTM's
+    ``4H`` rows fill 3-vector panels only when ``H`` is a multiple of 12 vectors, so the last
+    panel of ``W_hh`` and ``W_ih`` is a third padding at H = 256 or 512 (float32, AVX-512), and
+    a tanh RNN's at H = 256 two thirds. Measured (one core, float32, GMAC/s of real columns,
+    not told against told, interleaved): 64 rows K=256 N=256 83.3 against 91.2, 512 rows K=256
+    N=512 87.8 against 91.0, 32 rows K=128 N=512 89.5 against 91.1, 64 rows K=512 N=512 92.5
+    against 94.3; whole layers (2 threads, µs a step, T = 100, ``HSPLIT``): LSTM B=64 H=256
+    229.5 / 234.3 against 225.8 / 219.4, B=64 H=512 808 / 815 against 783 / 799."""
     vw = VW_BYTES // h.itemsize
     pw = wp.shape[2]
     if ((h.shape[0] % MR != 0 and h.shape[0] != 1) or wp.shape[1] != h.shape[1]
@@ -697,6 +771,11 @@ def rows_packed(h, wp, acc, backward=False):
                          "pack(), acc (Bp, panels * PW)")
     npan = wp.shape[0]
     wide = pw == 3 * vw
+    tail = pw // vw  # vectors of the last panel computed: those with a column below n
+    if n >= 0:
+        if npan == 0 or n <= (npan - 1) * pw or n > npan * pw:
+            raise ValueError("rows_packed: n (the matrix's rows) must lie in its last panel")
+        tail = (n - (npan - 1) * pw + vw - 1) // vw
     if h.shape[0] == 1:  # one row: four panels a block, so as many accumulators again
         n4 = npan - npan % 4
         for i in range(n4 // 4 + npan - n4):
@@ -716,7 +795,11 @@ def rows_packed(h, wp, acc, backward=False):
     for r0 in range(0, B, rc):
         r1 = min(B, r0 + rc)
         for i in range(npan):
-            _panel_rows(h, wp, acc, npan - 1 - i if backward else i, r0, r1, wide)
+            q = npan - 1 - i if backward else i
+            if q == npan - 1 and tail < pw // vw:
+                _tail_rows(h, wp, acc, q, r0, r1, tail, wide)
+            else:
+                _panel_rows(h, wp, acc, q, r0, r1, wide)
 
 
 # -- the pointwise update -----------------------------------------------------------------------
@@ -839,10 +922,10 @@ def project_packed_into(x, wip, bias, xp):
         for r in range(R, Rp):
             rows[r] = 0
     if Rp == R:
-        rows_packed(rows, wip, xp.reshape(R, Np))
+        rows_packed(rows, wip, xp.reshape(R, Np), False, N)
     else:
         buf = np.empty((Rp, Np), dtype=x.dtype)
-        rows_packed(rows, wip, buf)
+        rows_packed(rows, wip, buf, False, N)
         xp.reshape(R, Np)[:, :] = buf[:R]
     for t in range(T):
         for b in range(B):
@@ -935,7 +1018,7 @@ def layer_serial(mode, x, w_ih, w_hh, bias, b_hn, w_hr, wp, wip, h0, c0, lengths
         if use_blas:
             np.dot(hc, w_hh.T, acc_all)
         else:
-            rows_packed(hc_all, wp, acc_all, s % 2 == 1)  # panels zigzag (see rows_packed)
+            rows_packed(hc_all, wp, acc_all, s % 2 == 1, N)  # panels zigzag (see rows_packed)
         if not has_proj:
             point_tile(mode, xt, acc, b_hn, hc, hn, c, lengths, t, out[t], col, 0, H)
         else:
@@ -1063,6 +1146,7 @@ def layer_hsplit(mode, x, wips, wps, biases, bhns, h0, c0, lengths, reverse, out
     zero); the rest as :func:`layer_serial`."""
     T, B, I = x.shape
     NP, mt = bhns.shape
+    G = biases.shape[1] // mt
     H = h0.shape[1]
     Bp = B if B == 1 else (B + MR - 1) // MR * MR
     Npt = wips.shape[1] * wips.shape[3]
@@ -1096,7 +1180,7 @@ def layer_hsplit(mode, x, wips, wps, biases, bhns, h0, c0, lengths, reverse, out
                 t0 = T - s0 - n if reverse else s0
                 if s == s0:  # the tile's input projection of the chunk's steps
                     project_packed_into(x[t0:t0 + n], wips[p], biases[p], xps[p, :n])
-                rows_packed(hfull[s % 2], wps[p], acc[p], s % 2 == 1)  # panels zigzag
+                rows_packed(hfull[s % 2], wps[p], acc[p], s % 2 == 1, G * mt)  # panels zigzag
                 ht = htile[(s + 1) % 2, p]
                 point_tile(mode, xps[p, t - t0], acc[p], bhns[p], htile[s % 2, p], ht, ctile[p],
                            lengths, t, out[t], col + u0, 0, m)
