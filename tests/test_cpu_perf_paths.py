@@ -319,7 +319,7 @@ def test_packed_product_against_float64(rng, dtype):
              (12, 17, 3 * vw + 1), (25, 33, 70), (37, 5, 2 * vw), (53, 2049, 35),
              # the last panel's first vectors only, over blocks of 12, 8 and 4 rows
              (37, 128, 3 * vw + 5), (29, 140, 7 * vw + 3), (20, 64, 3 * vw), (6, 64, 2 * vw + 1)]
-    for (B, K, N), nv in [(c, None) for c in cases] + [(c, nv) for c in cases[-10:] for nv in (2, 3)]:
+    for (B, K, N), nv in [(c, None) for c in cases] + [(c, nv) for c in cases[8:] for nv in (2, 3)]:
         h = rng.standard_normal((B, K)).astype(dtype)
         w = rng.standard_normal((N, K)).astype(dtype)
         wp = fast.pack(w, dtype, nv)

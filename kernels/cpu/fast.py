@@ -1146,7 +1146,6 @@ def layer_hsplit(mode, x, wips, wps, biases, bhns, h0, c0, lengths, reverse, out
     zero); the rest as :func:`layer_serial`."""
     T, B, I = x.shape
     NP, mt = bhns.shape
-    G = biases.shape[1] // mt
     H = h0.shape[1]
     Bp = B if B == 1 else (B + MR - 1) // MR * MR
     Npt = wips.shape[1] * wips.shape[3]
@@ -1180,7 +1179,7 @@ def layer_hsplit(mode, x, wips, wps, biases, bhns, h0, c0, lengths, reverse, out
                 t0 = T - s0 - n if reverse else s0
                 if s == s0:  # the tile's input projection of the chunk's steps
                     project_packed_into(x[t0:t0 + n], wips[p], biases[p], xps[p, :n])
-                rows_packed(hfull[s % 2], wps[p], acc[p], s % 2 == 1, G * mt)  # panels zigzag
+                rows_packed(hfull[s % 2], wps[p], acc[p], s % 2 == 1, biases.shape[1])  # zigzag
                 ht = htile[(s + 1) % 2, p]
                 point_tile(mode, xps[p, t - t0], acc[p], bhns[p], htile[s % 2, p], ht, ctile[p],
                            lengths, t, out[t], col + u0, 0, m)
